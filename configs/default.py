@@ -1,0 +1,104 @@
+"""Every configuration field of seqnet-jax, with the reference (CUHK-SYSU) defaults.
+
+Dataset configs (cuhk.py, prw.py, synthetic.py) call ``get_config()`` and override a few fields.
+Run:  python main.py --config configs/cuhk.py --workdir runs/cuhk --config.data.root=/data/CUHK-SYSU
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 1  # seeds parameter init, data order, flips and RoI/anchor sampling
+
+    # -- data --------------------------------------------------------------------------------
+    c.data = d = ml_collections.ConfigDict()
+    d.dataset = "cuhk_sysu"  # one of: cuhk_sysu, prw, synthetic
+    d.root = ""  # unpacked official dataset folder (cuhk_sysu / prw)
+    d.min_size = 900  # resize: shorter side target (§2.2)
+    d.max_size = 1500  # resize: longer side cap
+    d.buckets = ()  # padded (H, W) canvases; () = landscape/portrait/square from min/max size
+    d.max_boxes = 64  # GT boxes per image after padding (error if an image has more)
+    d.batch_size = 5  # training images per step (the reference's batch)
+    d.eval_batch_size = 1  # images per inference call
+    d.num_workers = 4  # loader threads
+    d.flip_prob = 0.5  # horizontal flip probability in training
+    d.skip_bad_images = False  # skip (and count) unreadable images instead of failing
+    d.synthetic = ml_collections.ConfigDict()  # arguments of make_synthetic_dataset (synthetic)
+
+    # -- model -------------------------------------------------------------------------------
+    c.model = m = ml_collections.ConfigDict()
+    m.compute_dtype = "float32"  # float32 or bfloat16 (params, losses and OIM stay float32)
+    m.backbone = ml_collections.ConfigDict()
+    m.backbone.depth = 50  # ResNet depth: 18, 34, 50 (reference) or 101
+    m.backbone.width = 64  # channels of the first stage (64 = torchvision)
+    m.emb_dim = 256  # re-id embedding size (NAE 128 + 128)
+    m.rpn = ml_collections.ConfigDict()
+    m.rpn.anchor_sizes = (32, 64, 128, 256, 512)
+    m.rpn.aspect_ratios = (0.5, 1.0, 2.0)
+    m.rpn.nms_thresh = 0.7
+    m.rpn.batch_size_train = 256  # anchors sampled per image
+    m.rpn.pos_frac_train = 0.5
+    m.rpn.pos_thresh_train = 0.7
+    m.rpn.neg_thresh_train = 0.3
+    m.rpn.pre_nms_topn_train = 12000
+    m.rpn.pre_nms_topn_test = 6000
+    m.rpn.post_nms_topn_train = 2000
+    m.rpn.post_nms_topn_test = 300
+    m.roi_head = ml_collections.ConfigDict()
+    m.roi_head.bn_neck = True
+    m.roi_head.batch_size_train = 128  # RoIs sampled per image (both stages)
+    m.roi_head.pos_frac_train = 0.5
+    m.roi_head.pos_thresh_train = 0.5
+    m.roi_head.neg_thresh_train = 0.5
+    m.roi_head.score_thresh_test = 0.5  # strict '>' in both test stages
+    m.roi_head.nms_thresh_test = 0.4  # first test stage (the second uses 0.5, §2.9)
+    m.roi_head.nms_thresh_test_2 = 0.5
+    m.roi_head.detections_per_image_test = 300
+    m.roi_head.stage2_buckets = (16, 32, 64, 128, 300)  # padded box counts for the 2nd stage
+    m.oim = ml_collections.ConfigDict()
+    m.oim.lut_size = -1  # -1 = number of labeled training identities in the data
+    m.oim.cq_size = 5000
+    m.oim.momentum = 0.5
+    m.oim.scalar = 30.0
+
+    # -- initialisation ----------------------------------------------------------------------
+    c.init = ml_collections.ConfigDict()
+    c.init.imagenet_weights = ""  # torchvision resnet50 state-dict file ('' = from scratch)
+    c.init.reference_checkpoint = ""  # released PyTorch SeqNet .pth to import (evaluation)
+
+    # -- solver ------------------------------------------------------------------------------
+    c.solver = s = ml_collections.ConfigDict()
+    s.max_epochs = 20
+    s.base_lr = 0.003
+    s.warmup_factor = 0.001  # linear warm-up over epoch 0 from base_lr * warmup_factor
+    s.lr_decay_milestones = (16,)  # epochs at which the LR is multiplied by gamma
+    s.gamma = 0.1
+    s.weight_decay = 0.0005
+    s.sgd_momentum = 0.9
+    s.clip_gradients = 10.0  # global-norm clip; <= 0 disables
+    s.lw_rpn_reg = 1.0
+    s.lw_rpn_cls = 1.0
+    s.lw_proposal_reg = 10.0
+    s.lw_proposal_cls = 1.0
+    s.lw_box_reg = 1.0
+    s.lw_box_cls = 1.0
+    s.lw_box_reid = 1.0
+    s.max_steps = -1  # stop after this many steps in total (-1 = run all epochs); for smoke runs
+
+    # -- evaluation --------------------------------------------------------------------------
+    c.eval = e = ml_collections.ConfigDict()
+    e.mode = "train_and_eval"  # train_and_eval | train | eval
+    e.period = 1  # evaluate every N epochs (and after the last); 0 = only after the last
+    e.use_gt = False  # gallery features from GT boxes (upper bound)
+    e.use_cbgm = True  # report with and without CBGM
+    e.cbgm_k1 = 10  # CBGM: top-k1 gallery detections considered (10 CUHK-SYSU, 30 PRW)
+    e.cbgm_k2 = 3  # CBGM: query-image context detections (3 CUHK-SYSU, 4 PRW)
+    e.checkpoint = ""  # eval mode: checkpoint step dir or '' = latest in workdir
+    e.max_queries = -1  # evaluate only the first N queries (-1 = all)
+
+    # -- logging / checkpoints ---------------------------------------------------------------
+    c.log_every = 10  # steps between console/TensorBoard logs
+    c.checkpoint_every_steps = 0  # extra mid-epoch checkpoints (0 = only at epoch ends)
+    c.keep_checkpoints = 3
+    return c

@@ -1,0 +1,29 @@
+"""seqnet-jax entry point: train and/or evaluate SeqNet.
+
+  python main.py --config configs/synthetic.py --workdir runs/synthetic
+  python main.py --config configs/cuhk.py --workdir runs/cuhk --config.data.root=/data/CUHK-SYSU
+  python main.py --config configs/cuhk.py --workdir runs/cuhk --config.eval.mode=eval
+
+Any config field can be overridden with --config.<field>=<value>; a misspelled field is an error.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, evaluation outputs.")
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from seqnet_jax import run
+
+    logging.set_verbosity(logging.INFO)
+    run.run(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
