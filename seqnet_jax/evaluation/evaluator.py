@@ -1,0 +1,249 @@
+"""One call that evaluates a dataset: detection, search for every protocol, with/without CBGM.
+
+Also the outputs: a console table, ``results.json``, ``per_query_top10.json`` and a plot of mAP
+against gallery size (the paper's Figure 5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from seqnet_jax.data.types import ImageAnnotation, PersonSearchDataset, SearchProtocol
+from seqnet_jax.evaluation.detection import eval_detection
+from seqnet_jax.evaluation.search import SearchConfig, SearchEvaluator
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+PER_QUERY_FILE = "per_query_top10.json"
+PLOT_FILE = "map_vs_gallery_size.png"
+
+
+def gt_detections(gallery: list[ImageAnnotation]) -> list:
+    """Ground-truth boxes as detections with score 1 (the ``use_gt`` upper bound's gallery)."""
+    out = []
+    for a in gallery:
+        boxes = np.asarray(a.boxes, dtype=np.float32).reshape(-1, 4)
+        out.append(np.concatenate([boxes, np.ones((boxes.shape[0], 1), np.float32)], axis=1))
+    return out
+
+
+def variant_name(result: dict) -> str:
+    """``"TestG100"`` / ``"TestG100 + CBGM"``: the label of one search result."""
+    return result["protocol"] + (" + CBGM" if result["cbgm"] else "")
+
+
+def evaluate_all(
+    dataset: PersonSearchDataset,
+    gallery_dets: Sequence,
+    gallery_feats: Sequence,
+    query_feats,
+    query_context_dets: Optional[Sequence] = None,
+    query_context_feats: Optional[Sequence] = None,
+    cbgm_k1: int = 10,
+    cbgm_k2: int = 3,
+    use_cbgm_variants: Sequence[bool] = (False, True),
+    detection_thresh: float = 0.01,
+    search_thresh: float = 0.5,
+    protocols: Optional[Sequence] = None,
+    record_per_query: bool = True,
+    queries: Optional[Sequence] = None,
+) -> dict:
+    """Detection (all and labeled-only) and search for every protocol and CBGM variant.
+
+    Args:
+      dataset: the dataset (its ``gallery``, ``queries`` and ``protocols`` are used).
+      gallery_dets: per gallery image ``(N_i, 5)`` ``x1, y1, x2, y2, score``.
+      gallery_feats: per gallery image ``(N_i, D)`` confidence-weighted embeddings.
+      query_feats: ``(Q, D)`` unit query embeddings.
+      query_context_dets, query_context_feats: the query-as-gallery pass for CBGM (per query
+        ``(K_i, 5)`` / ``(K_i, D)``, row 0 = the query box). Without them the CBGM variants are
+        skipped with a warning.
+      cbgm_k1, cbgm_k2: CBGM parameters (10/3 CUHK-SYSU, 30/4 PRW).
+      use_cbgm_variants: which of CBGM off/on to run.
+      detection_thresh, search_thresh: minimum detection score for the detection metrics (0.01)
+        and for search (0.5).
+      protocols: protocols to run (default: all of ``dataset.protocols``).
+      record_per_query: keep the per-query top-10 lists.
+      queries: evaluate only these queries (objects taken from ``dataset.queries``, e.g. a prefix
+        for a quick run); ``query_feats`` and the context then follow this list.
+
+    Returns:
+      ``{"dataset", "num_gallery_images", "num_queries", "detection": {"all": {...},
+      "labeled_only": {...}}, "search": [result of eval_search per protocol x variant]}``.
+
+    Raises:
+      ValueError: (from the metrics) on count mismatches, NaN values or an empty gallery.
+    """
+    protocols = list(dataset.protocols if protocols is None else protocols)
+    if queries is None:
+        queries = list(dataset.queries)
+    else:
+        queries = list(queries)
+        positions = _query_positions(dataset.queries, queries)
+        protocols = [_subset_protocol(p, positions) for p in protocols]
+    variants = [bool(v) for v in use_cbgm_variants]
+    if True in variants and (query_context_dets is None or query_context_feats is None):
+        logger.warning("no query context detections/features given: skipping the CBGM variants")
+        variants = [v for v in variants if not v]
+    results = {
+        "dataset": dataset.name,
+        "num_gallery_images": len(dataset.gallery),
+        "num_queries": len(queries),
+        "detection": {
+            "all": eval_detection(dataset.gallery, gallery_dets, det_thresh=detection_thresh),
+            "labeled_only": eval_detection(
+                dataset.gallery, gallery_dets, det_thresh=detection_thresh, labeled_only=True
+            ),
+        },
+        "search": [],
+    }
+    configs = [SearchConfig(p, cbgm=v, k1=cbgm_k1, k2=cbgm_k2) for p in protocols for v in variants]
+    if configs:
+        evaluator = SearchEvaluator(
+            dataset.gallery,
+            queries,
+            gallery_dets,
+            gallery_feats,
+            query_feats,
+            det_thresh=search_thresh,
+            query_context_dets=query_context_dets,
+            query_context_feats=query_context_feats,
+        )
+        results["search"] = evaluator.evaluate(configs, record_per_query=record_per_query)
+    return results
+
+
+def _query_positions(all_queries: Sequence, subset: Sequence) -> list:
+    """Position in ``all_queries`` of each query of ``subset`` (by identity, else by value)."""
+    by_id = {id(q): i for i, q in enumerate(all_queries)}
+    out = []
+    for q in subset:
+        i = by_id.get(id(q))
+        if i is None:
+            i = next(
+                (
+                    j
+                    for j, r in enumerate(all_queries)
+                    if r.name == q.name and r.pid == q.pid and np.array_equal(r.box, q.box)
+                ),
+                None,
+            )
+        if i is None:
+            raise ValueError(f"query {q.name} (pid {q.pid}) is not one of the dataset's queries")
+        out.append(i)
+    return out
+
+
+def _subset_protocol(protocol: SearchProtocol, positions: list) -> SearchProtocol:
+    """``protocol`` restricted to the queries at ``positions`` (per-query lists re-indexed)."""
+    if protocol.gallery_indices is None and protocol.gt_boxes is None:
+        return protocol
+    return dataclasses.replace(
+        protocol,
+        gallery_indices=[protocol.gallery_indices[i] for i in positions],
+        gt_boxes=[protocol.gt_boxes[i] for i in positions],
+    )
+
+
+def scalar_summary(results: dict) -> dict:
+    """Flat ``{name: float}`` of the headline numbers (for TensorBoard-style writers)."""
+    out = {}
+    for key, d in results.get("detection", {}).items():
+        out[f"detection/{key}/recall"] = d["recall"]
+        out[f"detection/{key}/ap"] = d["ap"]
+    for r in results.get("search", []):
+        tag = r["protocol"] + ("_cbgm" if r["cbgm"] else "")
+        for m in ("mAP", "top1", "top5", "top10"):
+            out[f"search/{tag}/{m}"] = r[m]
+    return out
+
+
+def format_table(results: dict) -> str:
+    """A console table of detection and search results (percentages)."""
+    lines = [f"dataset: {results.get('dataset', '?')}"]
+    det = results.get("detection", {})
+    for key in ("all", "labeled_only"):
+        if key in det:
+            d = det[key]
+            lines.append(
+                f"{key.replace('_', ' ')} detection: recall = {d['recall']:.2%}  ap = {d['ap']:.2%}"
+            )
+    rows = results.get("search", [])
+    if rows:
+        cols = ("mAP", "top-1", "top-5", "top-10")
+        header = f"{'protocol':<24} {'gallery':>7} " + " ".join(f"{c:>7}" for c in cols)
+        lines += ["search ranking:", header, "-" * len(header)]
+        for r in rows:
+            size = "all" if r["gallery_size"] < 0 else str(r["gallery_size"])
+            lines.append(
+                f"{variant_name(r):<24} {size:>7} {r['mAP']:>7.2%} {r['top1']:>7.2%} "
+                f"{r['top5']:>7.2%} {r['top10']:>7.2%}"
+            )
+    return "\n".join(lines)
+
+
+def _plot(rows: list, path: str, title: str = "") -> Optional[str]:
+    """mAP vs gallery size, one line per CBGM variant (explicit gallery sizes only)."""
+    sized = [r for r in rows if r["gallery_size"] > 0]
+    sizes = sorted({r["gallery_size"] for r in sized})
+    if len(sizes) < 2:
+        logger.warning("mAP-vs-gallery-size plot skipped: fewer than two gallery sizes")
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("mAP-vs-gallery-size plot skipped: matplotlib is not installed")
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for cbgm in (False, True):
+        pts = sorted((r["gallery_size"], r["mAP"]) for r in sized if r["cbgm"] == cbgm)
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            label = "SeqNet + CBGM" if cbgm else "SeqNet"
+            ax.plot(xs, [100 * y for y in ys], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([str(s) for s in sizes])
+    ax.set_xlabel("gallery size")
+    ax.set_ylabel("mAP (%)")
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_results(results: dict, out_dir: str) -> dict:
+    """Writes ``results.json``, ``per_query_top10.json`` and the mAP-vs-gallery-size PNG.
+
+    Returns:
+      ``{"results", "per_query", "plot"}`` paths (``plot`` is ``None`` when skipped).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    rows = results.get("search", [])
+    summary = dict(results)
+    summary["search"] = [{k: v for k, v in r.items() if k != "per_query"} for r in rows]
+    paths = {
+        "results": os.path.join(out_dir, RESULTS_FILE),
+        "per_query": os.path.join(out_dir, PER_QUERY_FILE),
+    }
+    with open(paths["results"], "w") as f:
+        json.dump(summary, f, indent=2)
+    per_query = {variant_name(r): r["per_query"] for r in rows if "per_query" in r}
+    with open(paths["per_query"], "w") as f:
+        f.write(json.dumps(per_query, separators=(",", ":")))  # C encoder: much faster than dump
+    paths["plot"] = _plot(rows, os.path.join(out_dir, PLOT_FILE), str(results.get("dataset", "")))
+    return paths
