@@ -1,0 +1,198 @@
+"""Model side of evaluation: gallery/query feature extraction (cached) and the metric report.
+
+The metrics themselves are numpy code in ``seqnet_jax.evaluation`` (no jax there).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from typing import Optional
+
+import numpy as np
+from absl import logging
+
+from seqnet_jax.data.pipeline import EvalLoader
+from seqnet_jax.data.types import ImageAnnotation, PersonSearchDataset
+from seqnet_jax.inference import SeqNetInference
+
+
+def _loader(config, dataset, items, split):
+    d = config.data
+    buckets = [tuple(b) for b in d.buckets] if len(d.buckets) else None
+    return EvalLoader(
+        items, functools.partial(dataset.load_image, split), batch_size=d.eval_batch_size,
+        min_size=d.min_size, max_size=d.max_size, buckets=buckets, max_boxes=d.max_boxes,
+        num_workers=d.num_workers,
+    )
+
+
+def _progress(name: str, i: int, n: int, t0: float, every: int = 50) -> None:
+    if (i + 1) % every == 0 or i + 1 == n:
+        el = time.time() - t0
+        logging.info("%s: %d/%d batches, %.1f batches/s", name, i + 1, n, (i + 1) / max(el, 1e-9))
+
+
+def query_items(dataset: PersonSearchDataset, queries=None):
+    queries = dataset.queries if queries is None else queries
+    return [
+        (q.name, ImageAnnotation(q.name, np.asarray(q.box, np.float32).reshape(1, 4),
+                                 np.asarray([q.pid], np.int32)))
+        for q in queries
+    ]
+
+
+def extract_features(config, inference: SeqNetInference, dataset: PersonSearchDataset,
+                     queries=None, need_context: bool = True) -> dict:
+    """Runs the model over the gallery and the queries.
+
+    Returns ``gallery_dets`` (list of (N_i, 5) x1,y1,x2,y2,score, original coordinates),
+    ``gallery_feats`` (list of (N_i, D), CWS-scaled), ``query_feats`` (Q, D) unit,
+    ``query_context_dets`` / ``query_context_feats`` (query-as-gallery pass, for CBGM).
+    """
+    dim = inference.model.emb_dim
+    n_gal = len(dataset.gallery)
+    gallery_dets = [None] * n_gal
+    gallery_feats = [None] * n_gal
+    use_gt = config.eval.use_gt
+    items = [(a.name, a) for a in dataset.gallery]
+    loader = _loader(config, dataset, items, "gallery")
+    t0 = time.time()
+    for bi, batch in enumerate(loader):
+        if use_gt:
+            emb = inference.embed(batch, batch["boxes"], batch["box_valid"])
+        else:
+            dets = inference.detect(batch)
+        for j, idx in enumerate(batch["index"]):
+            if not batch["image_valid"][j]:
+                continue
+            if use_gt:
+                ann = dataset.gallery[idx]
+                v = batch["box_valid"][j]
+                boxes = np.asarray(ann.boxes, np.float32).reshape(-1, 4)[v[: len(ann.boxes)]]
+                gallery_dets[idx] = np.concatenate([boxes, np.ones((len(boxes), 1), np.float32)], 1)
+                gallery_feats[idx] = emb[j][v]
+            else:
+                det = dets[j]
+                gallery_dets[idx] = np.concatenate([det.boxes, det.scores[:, None]], 1)
+                gallery_feats[idx] = det.embeddings
+        _progress("gallery", bi, len(loader), t0)
+
+    q_items = query_items(dataset, queries)
+    nq = len(q_items)
+    query_feats = np.zeros((nq, dim), np.float32)
+    ctx_dets, ctx_feats = [None] * nq, [None] * nq
+    loader = _loader(config, dataset, q_items, "query")
+    t0 = time.time()
+    for bi, batch in enumerate(loader):
+        emb = inference.embed(batch, batch["boxes"][:, :1], batch["box_valid"][:, :1])
+        ctx = inference.detect(batch, query_boxes=batch["boxes"][:, 0]) if need_context else None
+        for j, idx in enumerate(batch["index"]):
+            if not batch["image_valid"][j]:
+                continue
+            query_feats[idx] = emb[j, 0]
+            if ctx is not None:
+                ctx_dets[idx] = np.concatenate([ctx[j].boxes, ctx[j].scores[:, None]], 1)
+                ctx_feats[idx] = ctx[j].embeddings
+        _progress("queries", bi, len(loader), t0)
+    return {
+        "gallery_dets": gallery_dets,
+        "gallery_feats": gallery_feats,
+        "query_feats": query_feats,
+        "query_context_dets": ctx_dets if need_context else None,
+        "query_context_feats": ctx_feats if need_context else None,
+    }
+
+
+def cache_key(config, checkpoint_id: str, dataset: PersonSearchDataset, nq: int) -> str:
+    """Identifies the features: checkpoint, dataset, and every config field that changes them."""
+    relevant = {
+        "checkpoint": checkpoint_id,
+        "dataset": dataset.name,
+        "n_gallery": len(dataset.gallery),
+        "n_queries": nq,
+        "data": {k: config.data[k] for k in ("dataset", "root", "min_size", "max_size", "buckets")},
+        "model": config.model.to_dict(),
+        "use_gt": config.eval.use_gt,
+        "synthetic": config.data.synthetic.to_dict(),
+    }
+    blob = json.dumps(relevant, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def _save_features(path: str, feats: dict) -> None:
+    arrays = {}
+    for k, v in feats.items():
+        if v is None:
+            continue
+        if isinstance(v, list):
+            arrays[k + "__lens"] = np.asarray([len(x) for x in v], np.int64)
+            arrays[k] = np.concatenate(v, 0) if len(v) else np.zeros((0,))
+        else:
+            arrays[k] = v
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_features(path: str) -> dict:
+    z = np.load(path)
+    out = {"query_context_dets": None, "query_context_feats": None}
+    for k in z.files:
+        if k.endswith("__lens"):
+            continue
+        if k + "__lens" in z.files:
+            lens = z[k + "__lens"]
+            out[k] = np.split(z[k], np.cumsum(lens)[:-1]) if len(lens) else []
+        else:
+            out[k] = z[k]
+    return out
+
+
+def evaluate(config, workdir: str, model, variables, dataset: PersonSearchDataset,
+             checkpoint_id: str, writer=None, step: Optional[int] = None) -> dict:
+    """Extract (or re-use cached) features, compute every metric, write the reports."""
+    from seqnet_jax.evaluation import evaluator
+
+    queries = dataset.queries
+    if config.eval.max_queries > 0:
+        queries = queries[: config.eval.max_queries]
+    key = cache_key(config, checkpoint_id, dataset, len(queries))
+    cache_dir = os.path.join(workdir, "eval_cache")
+    os.makedirs(cache_dir, exist_ok=True)
+    path = os.path.join(cache_dir, f"features_{key}.npz")
+    if os.path.exists(path):
+        logging.info("re-using cached features %s", path)
+        feats = _load_features(path)
+    else:
+        t0 = time.time()
+        inference = SeqNetInference(model, variables, config.model)
+        feats = extract_features(config, inference, dataset, queries)
+        logging.info("feature extraction %.1f s, %d compilations", time.time() - t0,
+                     inference.num_compilations())
+        _save_features(path, feats)
+    t0 = time.time()
+    results = evaluator.evaluate_all(
+        dataset,
+        feats["gallery_dets"],
+        feats["gallery_feats"],
+        feats["query_feats"],
+        feats["query_context_dets"],
+        feats["query_context_feats"],
+        cbgm_k1=config.eval.cbgm_k1,
+        cbgm_k2=config.eval.cbgm_k2,
+        use_cbgm_variants=(False, True) if config.eval.use_cbgm else (False,),
+        queries=queries,
+    )
+    logging.info("metrics computed in %.1f s", time.time() - t0)
+    out_dir = os.path.join(workdir, "eval", checkpoint_id)
+    evaluator.write_results(results, out_dir)
+    table = evaluator.format_table(results)
+    logging.info("evaluation (%s):\n%s", checkpoint_id, table)
+    print(table, flush=True)
+    if writer is not None and step is not None:
+        writer.scalars(step, evaluator.scalar_summary(results))
+    return results

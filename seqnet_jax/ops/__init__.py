@@ -1,0 +1,1 @@
+"""Pure array ops without parameters: boxes, anchors, RoIAlign, matching."""

@@ -1,0 +1,105 @@
+"""Host (numpy) stages of a training iteration: anchor targets, proposal NMS, RoI sampling.
+
+Each takes and returns fixed-shape padded arrays with a ``valid`` mask so the next jitted call
+sees static shapes. Randomness: one ``np.random.Generator`` per (seed, step, stage, image), so a
+resumed run samples exactly as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, Optional
+
+import numpy as np
+
+from seqnet_jax.host import postprocess as post
+from seqnet_jax.host.sampling import sample_roi_targets, sample_rpn_targets
+
+_RPN_TAG, _STAGE1_TAG, _STAGE2_TAG = 11, 12, 13
+
+
+def _rng(seed: int, step: int, tag: int, image: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(step), tag, int(image)])
+
+
+def _stack(dicts) -> Dict[str, np.ndarray]:
+    return {k: np.stack([d[k] for d in dicts]) for k in dicts[0]}
+
+
+def _finite_targets(targets: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Regression targets only matter for positives; zero the rest (degenerate boxes give
+    inf/NaN encodings there) and fail loudly if a positive's target is not finite."""
+    targets = np.where(positive[..., None], targets, 0.0).astype(np.float32)
+    if not np.isfinite(targets).all():
+        raise FloatingPointError("non-finite box regression target for a positive sample")
+    return targets
+
+
+class HostStages:
+    """The per-iteration host work, images processed in parallel threads."""
+
+    def __init__(self, model_cfg, seed: int, num_threads: int = 4):
+        self.cfg = model_cfg
+        self.seed = seed
+        self.pool = ThreadPoolExecutor(max(1, num_threads)) if num_threads > 1 else None
+
+    def _map(self, fn, n):
+        if self.pool is None or n == 1:
+            return [fn(i) for i in range(n)]
+        return list(self.pool.map(fn, range(n)))
+
+    def rpn_targets(self, anchors: np.ndarray, batch: dict, step: int) -> Dict[str, np.ndarray]:
+        """Sampled anchors per image: ``indices (B, S)``, ``labels``, ``targets (B, S, 4)``,
+        ``valid``; S = model.rpn.batch_size_train."""
+        r = self.cfg.rpn
+
+        def one(i):
+            return sample_rpn_targets(
+                anchors, batch["boxes"][i], batch["box_valid"][i], _rng(self.seed, step, _RPN_TAG, i),
+                batch_size=r.batch_size_train, positive_fraction=r.pos_frac_train,
+                high=r.pos_thresh_train, low=r.neg_thresh_train,
+            )
+
+        out = _stack(self._map(one, batch["boxes"].shape[0]))
+        out["targets"] = _finite_targets(out["targets"], out["valid"] & (out["labels"] > 0))
+        return out
+
+    def proposals(self, boxes: np.ndarray, scores: np.ndarray):
+        """NMS 0.7 on the device top-k → ``(proposals (B, P, 4), valid (B, P))``."""
+        r = self.cfg.rpn
+        return post.rpn_proposals(boxes, scores, r.nms_thresh, r.post_nms_topn_train)
+
+    def roi_targets(
+        self, boxes: np.ndarray, valid: np.ndarray, batch: dict, step: int, stage: int
+    ) -> Dict[str, np.ndarray]:
+        """GT appended, matched at 0.5 and sampled (§2.8): ``boxes (B, R, 4)``, ``pids``,
+        ``targets``, ``valid``; R = model.roi_head.batch_size_train."""
+        h = self.cfg.roi_head
+        tag = _STAGE1_TAG if stage == 1 else _STAGE2_TAG
+
+        def one(i):
+            return sample_roi_targets(
+                boxes[i], valid[i], batch["boxes"][i], batch["pids"][i], batch["box_valid"][i],
+                _rng(self.seed, step, tag, i), batch_size=h.batch_size_train,
+                positive_fraction=h.pos_frac_train, fg_iou=h.pos_thresh_train,
+                bg_iou=h.neg_thresh_train,
+            )
+
+        out = _stack(self._map(one, boxes.shape[0]))
+        out["targets"] = _finite_targets(out["targets"], out["valid"] & (out["pids"] != 0))
+        return out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def check_pids(batch: dict, num_pids: int, where: Optional[str] = None) -> None:
+    """Labeled pids must be 1..num_pids (the OIM lookup table rows)."""
+    pids = batch["pids"][batch["box_valid"]]
+    bad = pids[(pids > num_pids) | (pids == 0) | (pids < -1)]
+    if bad.size:
+        raise ValueError(
+            f"person ids {sorted(set(bad.tolist()))[:10]} {where or ''} are outside 1..{num_pids} "
+            f"(labeled) / -1 (unlabeled); set model.oim.lut_size or fix the dataset's id mapping"
+        )

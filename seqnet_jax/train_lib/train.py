@@ -1,0 +1,289 @@
+"""The training loop: staged iterations, logging, checkpoints, resume, periodic evaluation."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from seqnet_jax import checkpoints as ckpt_lib
+from seqnet_jax.data import build_dataset
+from seqnet_jax.data.pipeline import TrainLoader
+from seqnet_jax.modeling import seqnet
+from seqnet_jax.modeling.losses import LOSS_NAMES
+from seqnet_jax.train_lib import steps
+from seqnet_jax.train_lib.host_stages import HostStages, check_pids
+from seqnet_jax.train_lib.optimizer import make_optimizer, make_schedule
+from seqnet_jax.train_lib.train_state import TrainState
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN/inf; the message names it."""
+
+
+def buckets_from_config(data_cfg):
+    return [tuple(b) for b in data_cfg.buckets] if len(data_cfg.buckets) else None
+
+
+def num_pids_from(config, dataset) -> int:
+    lut = config.model.oim.lut_size
+    return int(lut) if lut > 0 else int(dataset.num_train_pids)
+
+
+def make_mesh() -> Mesh:
+    """A 1-D ``('data',)`` mesh over every device: batch split, state replicated."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def init_model_variables(config, model: seqnet.SeqNet, rng) -> dict:
+    """Random init, then ``init.imagenet_weights`` (stem + both res5 heads) and/or a released
+    reference checkpoint (``init.reference_checkpoint``, every weight) if set."""
+    variables = seqnet.init_variables(model, rng)
+    if config.init.imagenet_weights:
+        from seqnet_jax.weights import load_imagenet_into  # torch only needed for .pth files
+
+        variables = load_imagenet_into(variables, config.init.imagenet_weights, config.model)
+    if config.init.reference_checkpoint:
+        from seqnet_jax.weights import load_reference_checkpoint
+
+        variables = load_reference_checkpoint(variables, config.init.reference_checkpoint)
+    return variables
+
+
+def abstract_train_state(config, model: seqnet.SeqNet):
+    """Shapes/dtypes of the train state (a restore target; no weights are loaded or computed)."""
+
+    def build(rng):
+        variables = seqnet.init_variables(model, rng)
+        tx = make_optimizer(config.solver, variables["params"], 1)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=variables["params"],
+            batch_stats=variables["batch_stats"], oim_state=variables["oim_state"],
+            opt_state=tx.init(variables["params"]), rng=rng,
+        )
+
+    return jax.eval_shape(build, jax.random.PRNGKey(0))
+
+
+def create_train_state(config, model, steps_per_epoch: int, rng):
+    init_rng, run_rng = jax.random.split(rng)
+    variables = init_model_variables(config, model, init_rng)
+    tx = make_optimizer(config.solver, variables["params"], steps_per_epoch)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        oim_state=variables["oim_state"],
+        opt_state=tx.init(variables["params"]),
+        rng=run_rng,
+    )
+    return state, tx
+
+
+class Trainer:
+    """Holds the jitted stages and runs one staged iteration (design.md §1)."""
+
+    def __init__(self, config, model: seqnet.SeqNet, tx, mesh: Optional[Mesh] = None):
+        self.config = config
+        self.model = model
+        self.mesh = mesh or make_mesh()
+        self.replicated = NamedSharding(self.mesh, P())
+        self.data_sharding = NamedSharding(self.mesh, P("data"))
+        self.host = HostStages(config.model, config.seed, config.data.num_workers)
+        self._anchors: Dict[tuple, np.ndarray] = {}
+        self.propose = jax.jit(
+            functools.partial(
+                seqnet.propose, model, train=True,
+                pre_nms_top_n=config.model.rpn.pre_nms_topn_train,
+            )
+        )
+        self.first_stage = jax.jit(functools.partial(seqnet.first_stage, model, train=True))
+        self.train_step = steps.make_jitted_train_step(
+            model, tx, steps.loss_weights(config.solver), self.replicated, self.data_sharding
+        )
+        self.timings: Dict[str, list] = {}
+
+    def num_compilations(self) -> int:
+        return int(sum(f._cache_size() for f in (self.propose, self.first_stage, self.train_step)))
+
+    def anchors(self, feat_h: int, feat_w: int) -> np.ndarray:
+        key = (feat_h, feat_w)
+        if key not in self._anchors:
+            self._anchors[key] = seqnet.anchors_for(self.model, feat_h, feat_w)
+        return self._anchors[key]
+
+    def shard(self, tree):
+        return jax.device_put(tree, self.data_sharding)
+
+    def _t(self, name, t0):
+        t = time.perf_counter()
+        self.timings.setdefault(name, []).append(t - t0)
+        return t
+
+    def iteration(self, state: TrainState, batch: dict):
+        """Propose → NMS → sample → first stage → sample → train step."""
+        step = int(state.step)
+        t = time.perf_counter()
+        dev = self.shard({"images": batch["images"], "image_sizes": batch["image_sizes"]})
+        variables = state.variables
+        feat, boxes, scores = self.propose(variables, dev["images"], dev["image_sizes"])
+        rpn_t = self.host.rpn_targets(self.anchors(feat.shape[1], feat.shape[2]), batch, step)
+        boxes, scores = jax.device_get((boxes, scores))
+        t = self._t("device_propose", t)
+        props, pvalid = self.host.proposals(boxes, scores)
+        s1 = self.host.roi_targets(props, pvalid, batch, step, stage=1)
+        t = self._t("host_nms_sample1", t)
+        refined, _ = self.first_stage(
+            variables, feat, self.shard(s1["boxes"]), self.shard(s1["valid"]), dev["image_sizes"]
+        )
+        refined = np.asarray(jax.device_get(refined))
+        t = self._t("device_stage1", t)
+        s2 = self.host.roi_targets(refined, s1["valid"], batch, step, stage=2)
+        t = self._t("host_sample2", t)
+        state, metrics = self.train_step(state, dev, self.shard(rpn_t), self.shard(s1), self.shard(s2))
+        metrics = jax.device_get(metrics)
+        self._t("device_train_step", t)
+        return state, metrics
+
+
+def check_finite(metrics: dict, step: int) -> None:
+    for k in LOSS_NAMES + ("loss",):
+        v = float(metrics[k])
+        if not math.isfinite(v):
+            raise NonFiniteLossError(
+                f"non-finite {k} = {v} at step {step}; training stopped, the last checkpoint is "
+                f"intact (losses: { {n: float(metrics[n]) for n in LOSS_NAMES} })"
+            )
+
+
+class MetricWriter:
+    """Console + TensorBoard (tensorboardX, no TensorFlow needed)."""
+
+    def __init__(self, logdir: str):
+        self.writer = None
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(logdir)
+        except ImportError:  # pragma: no cover
+            logging.warning("tensorboardX not installed: no TensorBoard event files")
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, float(v), step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Train per ``config`` (resuming from the latest checkpoint in ``workdir``), evaluating every
+    ``eval.period`` epochs and after the last. Returns the last evaluation results (or {})."""
+    from seqnet_jax import evaluate as eval_lib
+
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    dataset = build_dataset(config)
+    num_pids = num_pids_from(config, dataset)
+    model = seqnet.build_model(config.model, num_pids)
+    d = config.data
+    loader = TrainLoader(
+        dataset.train, functools.partial(dataset.load_image, "train"), batch_size=d.batch_size,
+        min_size=d.min_size, max_size=d.max_size, buckets=buckets_from_config(d),
+        max_boxes=d.max_boxes, seed=config.seed, flip_prob=d.flip_prob, num_workers=d.num_workers,
+    )
+    spe = loader.num_batches_per_epoch
+    if d.batch_size % jax.device_count():
+        raise ValueError(
+            f"data.batch_size={d.batch_size} must be divisible by the {jax.device_count()} devices"
+        )
+    state, tx = create_train_state(config, model, spe, jax.random.PRNGKey(config.seed))
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        state, meta, step = ckpt.restore(state)
+        loader.load_state_dict(meta["loader"])
+        logging.info("resumed from step %d (epoch %d, batch %d)", step, loader.epoch,
+                     loader.state_dict()["position"])
+    trainer = Trainer(config, model, tx)
+    state = jax.device_put(state, trainer.replicated)
+    total_steps = spe * config.solver.max_epochs
+    if config.solver.max_steps > 0:
+        total_steps = min(total_steps, config.solver.max_steps)
+    schedule = make_schedule(config.solver, spe)
+    writer = MetricWriter(os.path.join(workdir, "tensorboard"))
+    logging.info("model: %s, %d train images, %d steps/epoch, %d steps in total, %d ids",
+                 f"ResNet-{config.model.backbone.depth}", loader.num_images, spe, total_steps,
+                 num_pids)
+    results: dict = {}
+
+    def save(step):
+        ckpt.save(step, state, {"loader": loader.state_dict(), "step": int(step),
+                                "num_pids": num_pids})
+        logging.info("saved checkpoint at step %d", step)
+
+    step = int(state.step)
+    t_start, step_start = time.time(), step
+    try:
+        while step < total_steps:
+            epoch = loader.epoch
+            for batch in loader:
+                check_pids(batch, num_pids, "in a training batch")
+                state, metrics = trainer.iteration(state, batch)
+                step += 1
+                check_finite(metrics, step)
+                if step % config.log_every == 0 or step == total_steps:
+                    el = time.time() - t_start
+                    rate = (step - step_start) / max(el, 1e-9)
+                    eta = (total_steps - step) / max(rate, 1e-9)
+                    logs = {k: float(metrics[k]) for k in LOSS_NAMES + ("loss", "grad_norm")}
+                    logs["lr"] = float(schedule(step - 1))
+                    logs["images_per_s"] = rate * d.batch_size
+                    logs["compilations"] = trainer.num_compilations()
+                    writer.scalars(step, logs)
+                    logging.info(
+                        "epoch %d step %d/%d loss %.4f (%s) lr %.2e %.2f img/s eta %s "
+                        "compilations %d", epoch, step, total_steps, logs["loss"],
+                        " ".join(f"{k[5:]} {logs[k]:.3f}" for k in LOSS_NAMES), logs["lr"],
+                        logs["images_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)),
+                        logs["compilations"],
+                    )
+                if config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0:
+                    save(step)
+                if step >= total_steps:
+                    break
+            epoch_done = loader.epoch > epoch or step >= total_steps
+            if epoch_done:
+                save(step)
+                last = step >= total_steps
+                period = config.eval.period
+                if config.eval.mode == "train_and_eval" and (
+                    last or (period > 0 and (epoch + 1) % period == 0)
+                ):
+                    results = eval_lib.evaluate(
+                        config, workdir, model, state.variables, dataset,
+                        checkpoint_id=f"step{step}", writer=writer, step=step,
+                    )
+    except KeyboardInterrupt:
+        logging.warning("interrupted: saving a checkpoint at step %d", step)
+        save(step)
+        raise
+    finally:
+        trainer.host.close()
+        writer.close()
+        ckpt.close()
+        with open(os.path.join(workdir, "timings.json"), "w") as f:
+            json.dump({k: float(np.median(v)) for k, v in trainer.timings.items()}, f, indent=2)
+    return results

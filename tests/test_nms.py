@@ -1,0 +1,156 @@
+"""Host NMS: the fast version returns exactly the keep list of the plain greedy loop."""
+
+import numpy as np
+import pytest
+
+from seqnet_jax.host.nms import batched_nms_padded, nms, nms_reference
+
+
+def _clustered(rng, n, width=1500.0, height=900.0, n_obj=12, near_frac=0.6):
+    """RPN-like boxes: jittered copies of a few person boxes plus anchor-like background."""
+    cx = rng.uniform(50, width - 50, n_obj)
+    cy = rng.uniform(100, height - 100, n_obj)
+    h = rng.uniform(40, 500, n_obj)
+    w = h * rng.uniform(0.3, 0.5, n_obj)
+    n_near = int(n * near_frac)
+    k = rng.integers(0, n_obj, n_near)
+    s = np.exp(rng.normal(0, 0.25, (n_near, 2)))
+    bcx = cx[k] + rng.normal(0, 0.15, n_near) * w[k]
+    bcy = cy[k] + rng.normal(0, 0.15, n_near) * h[k]
+    bw, bh = w[k] * s[:, 0], h[k] * s[:, 1]
+    near = np.stack([bcx - bw / 2, bcy - bh / 2, bcx + bw / 2, bcy + bh / 2], 1)
+    nf = n - n_near
+    size = np.exp(rng.uniform(np.log(16), np.log(600), nf))
+    ar = rng.choice([0.5, 1.0, 2.0], nf)
+    fw, fh = size / np.sqrt(ar), size * np.sqrt(ar)
+    fcx, fcy = rng.uniform(0, width, nf), rng.uniform(0, height, nf)
+    far = np.stack([fcx - fw / 2, fcy - fh / 2, fcx + fw / 2, fcy + fh / 2], 1)
+    boxes = np.concatenate([near, far])
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    scores = np.concatenate([rng.uniform(0.5, 1, n_near), rng.uniform(0, 0.7, nf)])
+    return boxes.astype(np.float32), scores.astype(np.float32)
+
+
+def _uniform(rng, n, size=200.0):
+    xy = rng.uniform(0, size, (n, 2))
+    wh = rng.uniform(1, size / 3, (n, 2))
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    return boxes, rng.uniform(size=n).astype(np.float32)
+
+
+def _assert_same(boxes, scores, thr, max_output=None):
+    ref = nms_reference(boxes, scores, thr, max_output)
+    out = nms(boxes, scores, thr, max_output)
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, ref)
+    return ref
+
+
+def test_hand_example_and_strict_threshold():
+    boxes = np.array([[0, 0, 2, 1], [0, 0, 1, 1], [10, 10, 11, 11]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    # IoU(0, 1) = 1 / 2 exactly: suppressed only if IoU > threshold.
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5), [0, 1, 2])
+    np.testing.assert_array_equal(nms(boxes, scores, 0.49), [0, 2])
+    np.testing.assert_array_equal(nms(boxes, scores, 0.49, max_output=1), [0])
+
+
+def test_threshold_compared_in_float64_like_torchvision():
+    # IoU = 2/5 in float32 is 0.4000000059604645 > 0.4 as a double: suppressed.
+    boxes = np.array([[0, 0, 5, 1], [0, 0, 2, 1]], np.float32)
+    scores = np.array([1.0, 0.5], np.float32)
+    np.testing.assert_array_equal(nms_reference(boxes, scores, 0.4), [0])
+    np.testing.assert_array_equal(nms(boxes, scores, 0.4), [0])
+
+
+def test_stable_tie_order_and_duplicates():
+    boxes = np.tile(np.array([[0, 0, 10, 10]], np.float32), (5, 1))
+    scores = np.ones(5, np.float32)
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5), [0])  # lowest index wins the tie
+    scores = np.array([0.0, -0.0, 0.0, 0.5, 0.5], np.float32)  # -0.0 ties with 0.0
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5), [3])
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5), nms_reference(boxes, scores, 0.5))
+
+
+def test_edge_cases():
+    empty = np.zeros((0, 4), np.float32)
+    assert nms(empty, np.zeros(0, np.float32), 0.5).shape == (0,)
+    b, s = _uniform(np.random.default_rng(0), 300)
+    assert nms(b, s, 0.5, max_output=0).shape == (0,)
+    np.testing.assert_array_equal(nms(b[:1], s[:1], 0.5), [0])
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        nms(np.zeros((3, 5)), np.zeros(3), 0.5)
+    with pytest.raises(ValueError, match="scores"):
+        nms(np.zeros((3, 4)), np.zeros(4), 0.5)
+    # non-finite boxes and odd thresholds go through the reference loop
+    b2 = b.copy()
+    b2[5] = np.nan
+    _assert_same(b2, s, 0.5)
+    _assert_same(b, s, 0.0)
+    _assert_same(b, s, 1.0)
+    # float64 and integer inputs
+    _assert_same(b.astype(np.float64), s.astype(np.float64), 0.5)
+    _assert_same(np.round(b).astype(np.int32), s, 0.5)
+
+
+@pytest.mark.parametrize("thr", [0.3, 0.5, 0.7, 0.9])
+def test_random_sets_match_reference(thr):
+    rng = np.random.default_rng(int(thr * 100))
+    for trial in range(8):
+        n = int(rng.integers(129, 1500))
+        if trial % 2:
+            boxes, scores = _clustered(rng, n)
+        else:
+            boxes, scores = _uniform(rng, n, size=float(rng.choice([50, 200, 2000])))
+        if trial % 3 == 0:  # exact duplicates and score ties
+            dup = rng.integers(0, n, n // 5)
+            boxes[rng.integers(0, n, n // 5)] = boxes[dup]
+            scores = np.round(scores * 20) / 20
+        if trial % 4 == 1:  # degenerate boxes
+            z = rng.integers(0, n, 10)
+            boxes[z, 2] = boxes[z, 0]
+        for m in (None, 5, 50, n // 3):
+            _assert_same(boxes, scores, thr, m)
+
+
+def test_rpn_sized_inputs():
+    rng = np.random.default_rng(7)
+    boxes, scores = _clustered(rng, 6000)
+    for thr, m in ((0.7, 300), (0.5, 300), (0.7, 2000)):
+        _assert_same(boxes, scores, thr, m)
+
+
+def test_heavy_suppression_extends_the_prefix():
+    # Nearly identical boxes: the keep rate is tiny, so the ranking prefix is extended often.
+    rng = np.random.default_rng(3)
+    base = np.array([100, 100, 200, 300], np.float32)
+    boxes = (base + rng.normal(0, 1.5, (5000, 4))).astype(np.float32)
+    boxes[::50] += rng.uniform(-300, 300, (100, 1)).astype(np.float32)
+    scores = rng.uniform(size=5000).astype(np.float32)
+    for m in (3, 40, None):
+        _assert_same(boxes, scores, 0.7, m)
+
+
+def test_batched_nms_padded():
+    rng = np.random.default_rng(11)
+    b, n, k = 4, 700, 60
+    boxes = np.stack([_clustered(rng, n)[0] for _ in range(b)])
+    scores = rng.uniform(size=(b, n)).astype(np.float32)
+    valid = rng.uniform(size=(b, n)) < 0.8
+    valid[3] = False  # an image without candidates
+    idx, ok = batched_nms_padded(boxes, scores, valid, 0.7, k)
+    assert idx.shape == (b, k) and idx.dtype == np.int32 and ok.dtype == bool
+    for i in range(b):
+        vi = np.flatnonzero(valid[i])
+        expect = vi[nms_reference(boxes[i, vi], scores[i, vi], 0.7, k)]
+        np.testing.assert_array_equal(idx[i, : expect.size], expect)
+        assert ok[i].sum() == expect.size
+        assert (idx[i, expect.size :] == -1).all() and not ok[i, expect.size :].any()
+    assert not ok[3].any()
+    for threads in (1, 2):
+        idx2, ok2 = batched_nms_padded(boxes, scores, valid, 0.7, k, num_threads=threads)
+        np.testing.assert_array_equal(idx2, idx)
+        np.testing.assert_array_equal(ok2, ok)
+    idx3, _ = batched_nms_padded(boxes, scores, None, 0.7, k)
+    np.testing.assert_array_equal(idx3[0], nms(boxes[0], scores[0], 0.7, k))
