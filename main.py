@@ -7,6 +7,8 @@
 Any config field can be overridden with --config.<field>=<value>; a misspelled field is an error.
 """
 
+import logging as pylogging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -22,6 +24,10 @@ def main(argv):
     from seqnet_jax import run
 
     logging.set_verbosity(logging.INFO)
+    # orbax logs every step of every save at INFO through absl; keep its warnings only.
+    logging.get_absl_handler().addFilter(
+        lambda r: r.levelno >= pylogging.WARNING or "orbax" not in r.pathname
+    )
     run.run(FLAGS.config, FLAGS.workdir)
 
 

@@ -15,6 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = d = ml_collections.ConfigDict()
     d.dataset = "cuhk_sysu"  # one of: cuhk_sysu, prw, synthetic
     d.root = ""  # unpacked official dataset folder (cuhk_sysu / prw)
+    d.tfds_data_dir = ""  # if set: prepare the dataset once there with TFDS and read it from it
     d.min_size = 900  # resize: shorter side target (§2.2)
     d.max_size = 1500  # resize: longer side cap
     d.buckets = ()  # padded (H, W) canvases; () = landscape/portrait/square from min/max size
@@ -98,6 +99,21 @@ def get_config() -> ml_collections.ConfigDict:
     e.cbgm_k2 = 3  # CBGM: query-image context detections (3 CUHK-SYSU, 4 PRW)
     e.checkpoint = ""  # eval mode: checkpoint step dir or '' = latest in workdir
     e.max_queries = -1  # evaluate only the first N queries (-1 = all)
+
+    # -- search (eval.mode=search: find one person in your own photos and videos) -------------
+    c.search = sr = ml_collections.ConfigDict()
+    sr.query = ""  # query image file
+    sr.query_box = ""  # 'x1,y1,x2,y2' of the person in the query image (pixels); '' = whole image
+    sr.gallery = ""  # folder of images and/or videos (searched recursively), or one image/video
+    sr.output = ""  # output folder (results.json, overview.png, index.html); '' = WORKDIR/search
+    sr.index = ""  # gallery index folder, re-used by later queries; '' = OUTPUT/gallery_index
+    sr.video_fps = 1.0  # video frames sampled per second (0 = every frame)
+    sr.top_k = 10  # best matches shown in overview.png, index.html and the log
+    sr.annotate = 50  # annotated gallery frames written, those with the best matches (-1 = all)
+    sr.cbgm = False  # re-rank with CBGM, the query image's other people as context (§6.4)
+    sr.cbgm_k1 = 10  # CBGM: best detections (over the whole gallery) whose frames are re-ranked
+    sr.cbgm_k2 = 3  # CBGM: query-side nodes (the query + the k2-1 most confident other people)
+    sr.batch_size = 4  # gallery frames per model call (larger: faster on a GPU, more memory)
 
     # -- logging / checkpoints ---------------------------------------------------------------
     c.log_every = 10  # steps between console/TensorBoard logs

@@ -38,7 +38,9 @@ class Checkpointer:
     def save(self, step: int, state: Any, meta: dict, force: bool = True) -> None:
         self.manager.save(
             int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
             force=force,
         )
         self.manager.wait_until_finished()

@@ -24,8 +24,13 @@ def _loader(config, dataset, items, split):
     d = config.data
     buckets = [tuple(b) for b in d.buckets] if len(d.buckets) else None
     return EvalLoader(
-        items, functools.partial(dataset.load_image, split), batch_size=d.eval_batch_size,
-        min_size=d.min_size, max_size=d.max_size, buckets=buckets, max_boxes=d.max_boxes,
+        items,
+        functools.partial(dataset.load_image, split),
+        batch_size=d.eval_batch_size,
+        min_size=d.min_size,
+        max_size=d.max_size,
+        buckets=buckets,
+        max_boxes=d.max_boxes,
         num_workers=d.num_workers,
     )
 
@@ -39,14 +44,23 @@ def _progress(name: str, i: int, n: int, t0: float, every: int = 50) -> None:
 def query_items(dataset: PersonSearchDataset, queries=None):
     queries = dataset.queries if queries is None else queries
     return [
-        (q.name, ImageAnnotation(q.name, np.asarray(q.box, np.float32).reshape(1, 4),
-                                 np.asarray([q.pid], np.int32)))
+        (
+            q.name,
+            ImageAnnotation(
+                q.name, np.asarray(q.box, np.float32).reshape(1, 4), np.asarray([q.pid], np.int32)
+            ),
+        )
         for q in queries
     ]
 
 
-def extract_features(config, inference: SeqNetInference, dataset: PersonSearchDataset,
-                     queries=None, need_context: bool = True) -> dict:
+def extract_features(
+    config,
+    inference: SeqNetInference,
+    dataset: PersonSearchDataset,
+    queries=None,
+    need_context: bool = True,
+) -> dict:
     """Runs the model over the gallery and the queries.
 
     Returns ``gallery_dets`` (list of (N_i, 5) x1,y1,x2,y2,score, original coordinates),
@@ -152,8 +166,16 @@ def _load_features(path: str) -> dict:
     return out
 
 
-def evaluate(config, workdir: str, model, variables, dataset: PersonSearchDataset,
-             checkpoint_id: str, writer=None, step: Optional[int] = None) -> dict:
+def evaluate(
+    config,
+    workdir: str,
+    model,
+    variables,
+    dataset: PersonSearchDataset,
+    checkpoint_id: str,
+    writer=None,
+    step: Optional[int] = None,
+) -> dict:
     """Extract (or re-use cached) features, compute every metric, write the reports."""
     from seqnet_jax.evaluation import evaluator
 
@@ -171,8 +193,11 @@ def evaluate(config, workdir: str, model, variables, dataset: PersonSearchDatase
         t0 = time.time()
         inference = SeqNetInference(model, variables, config.model)
         feats = extract_features(config, inference, dataset, queries)
-        logging.info("feature extraction %.1f s, %d compilations", time.time() - t0,
-                     inference.num_compilations())
+        logging.info(
+            "feature extraction %.1f s, %d compilations",
+            time.time() - t0,
+            inference.num_compilations(),
+        )
         _save_features(path, feats)
     t0 = time.time()
     results = evaluator.evaluate_all(
@@ -192,7 +217,6 @@ def evaluate(config, workdir: str, model, variables, dataset: PersonSearchDatase
     evaluator.write_results(results, out_dir)
     table = evaluator.format_table(results)
     logging.info("evaluation (%s):\n%s", checkpoint_id, table)
-    print(table, flush=True)
     if writer is not None and step is not None:
         writer.scalars(step, evaluator.scalar_summary(results))
     return results

@@ -104,9 +104,14 @@ class SeqNetInference:
         out = []
         if n_max == 0:
             emb_dim = self.model.emb_dim
-            for i in range(b):
-                out.append(Detections(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32),
-                                      np.zeros((0, emb_dim), np.float32)))
+            for _ in range(b):
+                out.append(
+                    Detections(
+                        np.zeros((0, 4), np.float32),
+                        np.zeros((0,), np.float32),
+                        np.zeros((0, emb_dim), np.float32),
+                    )
+                )
             return out
         b2, e2 = jax.device_get(self._second(self.variables, feat, rois, rvalid, sizes))
         t = self._tic("device_stage2", t)
@@ -116,11 +121,22 @@ class SeqNetInference:
             if query_boxes is not None:
                 forced_box, forced_emb = query_boxes[i], e2[i, n]
             bx, sc, em = post.stage2_detections(
-                b2[i, :n], s1[i, k], e2[i, :n], rh.nms_thresh_test_2, rh.detections_per_image_test,
-                cws=query_boxes is None, forced_box=forced_box, forced_embedding=forced_emb,
+                b2[i, :n],
+                s1[i, k],
+                e2[i, :n],
+                rh.nms_thresh_test_2,
+                rh.detections_per_image_test,
+                cws=query_boxes is None,
+                forced_box=forced_box,
+                forced_embedding=forced_emb,
             )
-            out.append(Detections(_to_original(bx, batch["scales"][i]), sc.astype(np.float32),
-                                  em.astype(np.float32)))
+            out.append(
+                Detections(
+                    _to_original(bx, batch["scales"][i]),
+                    sc.astype(np.float32),
+                    em.astype(np.float32),
+                )
+            )
         self._tic("host_stage2_nms", t)
         return out
 

@@ -13,7 +13,7 @@ from seqnet_jax.data import build_dataset
 from seqnet_jax.modeling import seqnet
 from seqnet_jax.train_lib import train as train_lib
 
-MODES = ("train_and_eval", "train", "eval")
+MODES = ("train_and_eval", "train", "eval", "search")
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
@@ -50,4 +50,8 @@ def run(config, workdir: str) -> dict:
     logging.info("JAX devices: %s", jax.devices())
     if mode == "eval":
         return evaluate_checkpoint(config, workdir)
+    if mode == "search":
+        from seqnet_jax import search
+
+        return search.search_from_config(config, workdir)
     return train_lib.train_and_evaluate(config, workdir)

@@ -18,8 +18,9 @@ def test_batchnorm_train_uses_biased_batch_var_and_stores_unbiased():
     v = bn.init(jax.random.PRNGKey(0), x, False)
     y, new = bn.apply(v, x, False, mutable=["batch_stats"])
     mean, var_b = 3.0, np.mean((np.array([1, 2, 3, 6.0]) - 3) ** 2)  # 3.5
-    np.testing.assert_allclose(np.asarray(y[:, 0]), (np.array([1, 2, 3, 6]) - mean) /
-                               np.sqrt(var_b + 1e-5), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(y[:, 0]), (np.array([1, 2, 3, 6]) - mean) / np.sqrt(var_b + 1e-5), rtol=1e-5
+    )
     st = new["batch_stats"]
     np.testing.assert_allclose(float(st["mean"][0]), 0.9 * 0 + 0.1 * 3.0, rtol=1e-6)
     np.testing.assert_allclose(float(st["var"][0]), 0.9 * 1 + 0.1 * (var_b * 4 / 3), rtol=1e-6)
@@ -31,8 +32,9 @@ def test_batchnorm_mask_excludes_padded_rows():
     bn = BatchNorm()
     v = bn.init(jax.random.PRNGKey(0), x, False)
     y, new = bn.apply(v, x, False, mask, mutable=["batch_stats"])
-    np.testing.assert_allclose(np.asarray(y[:2, 0]), [-1 / np.sqrt(1 + 1e-5), 1 / np.sqrt(1 + 1e-5)],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(y[:2, 0]), [-1 / np.sqrt(1 + 1e-5), 1 / np.sqrt(1 + 1e-5)], rtol=1e-5
+    )
     np.testing.assert_allclose(float(new["batch_stats"]["mean"][0]), 0.2, rtol=1e-6)
     np.testing.assert_allclose(float(new["batch_stats"]["var"][0]), 0.9 + 0.1 * 2.0, rtol=1e-6)
 
@@ -41,8 +43,10 @@ def test_batchnorm_eval_uses_running_stats():
     bn = BatchNorm()
     x = jnp.ones((2, 3))
     v = bn.init(jax.random.PRNGKey(0), x, True)
-    v = {"params": v["params"], "batch_stats": {"mean": jnp.full((3,), 2.0),
-                                                "var": jnp.full((3,), 4.0)}}
+    v = {
+        "params": v["params"],
+        "batch_stats": {"mean": jnp.full((3,), 2.0), "var": jnp.full((3,), 4.0)},
+    }
     y = bn.apply(v, x, True)
     np.testing.assert_allclose(np.asarray(y), (1 - 2) / np.sqrt(4 + 1e-5), rtol=1e-6)
 
@@ -87,16 +91,29 @@ def test_lr_schedule_warmup_and_decay():
 
 
 def _solver(**kw):
-    c = ConfigDict(dict(base_lr=0.1, warmup_factor=1.0, lr_decay_milestones=(), gamma=0.1,
-                        weight_decay=0.5, sgd_momentum=0.9, clip_gradients=10.0))
+    c = ConfigDict(
+        dict(
+            base_lr=0.1,
+            warmup_factor=1.0,
+            lr_decay_milestones=(),
+            gamma=0.1,
+            weight_decay=0.5,
+            sgd_momentum=0.9,
+            clip_gradients=10.0,
+        )
+    )
     c.update(kw)
     return c
 
 
 def test_optimizer_matches_torch_sgd_and_freezes_conv1_bn1():
-    params = {"backbone": {"conv1": {"kernel": jnp.ones(2)}, "bn1": {"scale": jnp.ones(2),
-                                                                       "bias": jnp.ones(2)},
-                           "layer1_0": {"w": jnp.asarray([1.0, 2.0])}}}
+    params = {
+        "backbone": {
+            "conv1": {"kernel": jnp.ones(2)},
+            "bn1": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
+            "layer1_0": {"w": jnp.asarray([1.0, 2.0])},
+        }
+    }
     mask = trainable_mask(params)
     assert not mask["backbone"]["conv1"]["kernel"] and mask["backbone"]["layer1_0"]["w"]
     tx = make_optimizer(_solver(), params, 10)
@@ -121,7 +138,10 @@ def test_clip_uses_trainable_grads_only():
     params = {"backbone": {"conv1": {"kernel": jnp.zeros(1)}}, "head": {"w": jnp.zeros(1)}}
     tx = make_optimizer(_solver(weight_decay=0.0, sgd_momentum=0.0, base_lr=1.0), params, 10)
     st = tx.init(params)
-    g = {"backbone": {"conv1": {"kernel": jnp.asarray([1000.0])}}, "head": {"w": jnp.asarray([20.0])}}
+    g = {
+        "backbone": {"conv1": {"kernel": jnp.asarray([1000.0])}},
+        "head": {"w": jnp.asarray([20.0])},
+    }
     u, _ = tx.update(g, st, params)
     np.testing.assert_allclose(np.asarray(u["head"]["w"]), [-10.0], rtol=1e-5)  # clipped to 10
     assert float(u["backbone"]["conv1"]["kernel"][0]) == 0.0

@@ -40,12 +40,20 @@ def tiny_setup():
     dataset = build_dataset(config)
     model = seqnet.build_model(config.model, dataset.num_train_pids)
     d = config.data
-    loader = TrainLoader(dataset.train, lambda n: dataset.load_image("train", n),
-                         batch_size=d.batch_size, min_size=d.min_size, max_size=d.max_size,
-                         max_boxes=d.max_boxes, seed=0, num_workers=1)
+    loader = TrainLoader(
+        dataset.train,
+        lambda n: dataset.load_image("train", n),
+        batch_size=d.batch_size,
+        min_size=d.min_size,
+        max_size=d.max_size,
+        max_boxes=d.max_boxes,
+        seed=0,
+        num_workers=1,
+    )
     batch = next(iter(loader))
-    state, tx = train_lib.create_train_state(config, model, loader.num_batches_per_epoch,
-                                             jax.random.PRNGKey(0))
+    state, tx = train_lib.create_train_state(
+        config, model, loader.num_batches_per_epoch, jax.random.PRNGKey(0)
+    )
     trainer = train_lib.Trainer(config, model, tx)
     return config, dataset, model, state, trainer, batch
 
@@ -56,23 +64,38 @@ def test_train_step_updates_trainable_params_only(tiny_setup):
     # Make the lr non-negligible for this check (the warm-up starts at 1/1000).
     new_state, metrics = trainer.iteration(jax.tree.map(jnp.array, state), batch)
     after = jax.device_get(new_state)
-    for k in ("loss_rpn_reg", "loss_rpn_cls", "loss_proposal_reg", "loss_proposal_cls",
-              "loss_box_reg", "loss_box_cls", "loss_box_reid"):
+    for k in (
+        "loss_rpn_reg",
+        "loss_rpn_cls",
+        "loss_proposal_reg",
+        "loss_proposal_cls",
+        "loss_box_reg",
+        "loss_box_cls",
+        "loss_box_reid",
+    ):
         assert np.isfinite(metrics[k]), k
     bb0, bb1 = before.params["backbone"], after.params["backbone"]
     np.testing.assert_array_equal(bb0["conv1"]["kernel"], bb1["conv1"]["kernel"])
     np.testing.assert_array_equal(bb0["bn1"]["scale"], bb1["bn1"]["scale"])
     np.testing.assert_array_equal(bb0["bn1"]["bias"], bb1["bn1"]["bias"])
     # bn1's running statistics still update (train-mode BN).
-    assert not np.array_equal(before.batch_stats["backbone"]["bn1"]["mean"],
-                              after.batch_stats["backbone"]["bn1"]["mean"])
+    assert not np.array_equal(
+        before.batch_stats["backbone"]["bn1"]["mean"], after.batch_stats["backbone"]["bn1"]["mean"]
+    )
     for name in ("layer1_0", "layer3_0"):
         k0 = bb0[name]["conv1"]["kernel"]
         assert not np.array_equal(k0, bb1[name]["conv1"]["kernel"]), name
-    for head in ("rpn_head", "box_head", "reid_head", "faster_rcnn_predictor",
-                 "box_predictor", "embedding_head"):
-        changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)),
-                                               before.params[head], after.params[head]))
+    for head in (
+        "rpn_head",
+        "box_head",
+        "reid_head",
+        "faster_rcnn_predictor",
+        "box_predictor",
+        "embedding_head",
+    ):
+        changed = jax.tree.leaves(
+            jax.tree.map(lambda a, b: bool(np.any(a != b)), before.params[head], after.params[head])
+        )
         assert any(changed), head
     assert int(after.step) == 1
     # The OIM lookup table received the labeled RoIs of the batch.
@@ -85,8 +108,14 @@ def test_inference_returns_boxes_in_original_coordinates(tiny_setup):
 
     inf = SeqNetInference(model, state.variables, config.model)
     items = [(a.name, a) for a in dataset.gallery[:2]]
-    loader = EvalLoader(items, lambda n: dataset.load_image("gallery", n), batch_size=2,
-                        min_size=48, max_size=80, max_boxes=config.data.max_boxes)
+    loader = EvalLoader(
+        items,
+        lambda n: dataset.load_image("gallery", n),
+        batch_size=2,
+        min_size=48,
+        max_size=80,
+        max_boxes=config.data.max_boxes,
+    )
     batch = next(iter(loader))
     dets = inf.detect(batch, query_boxes=batch["boxes"][:, 0])
     for j, det in enumerate(dets):

@@ -35,8 +35,15 @@ def test_duplicate_labels_update_sequentially():
     x = _unit([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     pids = np.array([1, 1, 2], np.int32)
     valid = np.ones(3, bool)
-    got = oim_update(jnp.asarray(lut), jnp.asarray(cq), jnp.int32(0), jnp.asarray(x),
-                     jnp.asarray(pids), jnp.asarray(valid), 0.5)
+    got = oim_update(
+        jnp.asarray(lut),
+        jnp.asarray(cq),
+        jnp.int32(0),
+        jnp.asarray(x),
+        jnp.asarray(pids),
+        jnp.asarray(valid),
+        0.5,
+    )
     # Hand computation for row 0: first (1,0,0)+(0,0,1) → (1,0,1)/√2; then average with
     # (0,1,1)/√2 → (1,1,2)/(2√2) → normalised (1,1,2)/√6.
     np.testing.assert_allclose(np.asarray(got[0][0]), np.array([1, 1, 2]) / np.sqrt(6), atol=1e-6)
@@ -51,8 +58,15 @@ def test_queue_wraps_around_in_order():
     x = np.arange(8, dtype=np.float32).reshape(4, 2)
     pids = np.array([-1, 0, -1, -1], np.int32)  # background row 1 is skipped
     valid = np.ones(4, bool)
-    lut2, cq2, h2 = oim_update(jnp.asarray(lut), jnp.asarray(cq), jnp.int32(2), jnp.asarray(x),
-                               jnp.asarray(pids), jnp.asarray(valid), 0.5)
+    lut2, cq2, h2 = oim_update(
+        jnp.asarray(lut),
+        jnp.asarray(cq),
+        jnp.int32(2),
+        jnp.asarray(x),
+        jnp.asarray(pids),
+        jnp.asarray(valid),
+        0.5,
+    )
     # header 2: rows 0, 2, 3 go to slots 2, 0, 1; header ends at (2 + 3) % 3 = 2.
     np.testing.assert_array_equal(np.asarray(cq2), np.array([[4, 5], [6, 7], [0, 1]]))
     assert int(h2) == 2
@@ -66,8 +80,15 @@ def test_more_unlabeled_rows_than_queue_slots_keeps_the_last_ones():
     valid = np.array([1, 1, 1, 1, 1, 1, 0], bool)  # the last row is padding
     lut = _unit(rng.normal(size=(3, 4)))
     cq = np.zeros((2, 4), np.float32)
-    got = oim_update(jnp.asarray(lut), jnp.asarray(cq), jnp.int32(1), jnp.asarray(x),
-                     jnp.asarray(pids), jnp.asarray(valid), 0.5)
+    got = oim_update(
+        jnp.asarray(lut),
+        jnp.asarray(cq),
+        jnp.int32(1),
+        jnp.asarray(x),
+        jnp.asarray(pids),
+        jnp.asarray(valid),
+        0.5,
+    )
     want = reference_update(lut, cq, 1, x, pids, valid)
     np.testing.assert_allclose(np.asarray(got[1]), want[1], atol=1e-6)
     np.testing.assert_allclose(np.asarray(got[0]), want[0], atol=1e-6)
@@ -91,8 +112,9 @@ def test_no_labeled_roi_gives_zero_loss_and_zero_gradient():
     pids = jnp.array([-1, 0])
     valid = jnp.array([True, True])
     variables = module.init(jax.random.PRNGKey(0), x, pids, valid)
-    variables = {"oim_state": jax.tree.map(lambda a: a + 0.3 if a.ndim else a,
-                                           variables["oim_state"])}
+    variables = {
+        "oim_state": jax.tree.map(lambda a: a + 0.3 if a.ndim else a, variables["oim_state"])
+    }
 
     def loss(x):
         out, _ = module.apply(variables, x, pids, valid, mutable=["oim_state"])
@@ -129,8 +151,14 @@ def test_random_batches_match_the_sequential_reference(seed):
     cq = _unit(rng.normal(size=(Q, D)))
     header = int(rng.integers(Q))
     got = jax.jit(oim_update, static_argnums=6)(
-        jnp.asarray(lut), jnp.asarray(cq), jnp.int32(header), jnp.asarray(x), jnp.asarray(pids),
-        jnp.asarray(valid), 0.5)
+        jnp.asarray(lut),
+        jnp.asarray(cq),
+        jnp.int32(header),
+        jnp.asarray(x),
+        jnp.asarray(pids),
+        jnp.asarray(valid),
+        0.5,
+    )
     want = reference_update(lut, cq, header, x, pids, valid)
     np.testing.assert_allclose(np.asarray(got[0]), want[0], atol=1e-5)
     np.testing.assert_allclose(np.asarray(got[1]), want[1], atol=1e-6)

@@ -63,8 +63,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
     monkeypatch.setattr(train_lib.Trainer, "iteration", fake_iteration)
     with pytest.raises(train_lib.NonFiniteLossError, match="loss_box_reid"):
         train_lib.train_and_evaluate(config, str(tmp_path))
-    steps = sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints/*"))
-                   if os.path.basename(p).isdigit())
+    steps = sorted(
+        int(os.path.basename(p))
+        for p in glob.glob(str(tmp_path / "checkpoints/*"))
+        if os.path.basename(p).isdigit()
+    )
     assert steps[-1] == 2
     _, meta, step = _params(str(tmp_path), config)
     assert step == 2 and meta["step"] == 2
@@ -76,9 +79,19 @@ def test_config_typo_fails_naming_the_key(tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(
-        [sys.executable, "main.py", "--config", "configs/synthetic.py", "--workdir",
-         str(tmp_path), "--config.solver.trian_lr=0.1"],
-        cwd=root, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "main.py",
+            "--config",
+            "configs/synthetic.py",
+            "--workdir",
+            str(tmp_path),
+            "--config.solver.trian_lr=0.1",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "trian_lr" in proc.stderr
@@ -104,4 +117,34 @@ def test_end_to_end_train_then_eval_mode_reuses_features(tmp_path, caplog):
     results2 = run.run(config, str(tmp_path))
     assert os.path.getmtime(caches[0]) == mtime
     assert json.dumps(results2, sort_keys=True, default=str) == json.dumps(
-        results, sort_keys=True, default=str)
+        results, sort_keys=True, default=str
+    )
+
+
+def test_train_step_runs_data_parallel_on_two_devices(tmp_path):
+    """The same code on a 2-device ('data',) mesh (simulated CPU devices): batch split, state
+    replicated, one global OIM table."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = textwrap.dedent(f"""
+        import jax
+        assert jax.device_count() == 2, jax.devices()
+        from seqnet_jax.train_lib import train as train_lib
+        from tests.tiny import tiny_config
+        train_lib.train_and_evaluate(tiny_config(max_steps=1), {str(tmp_path)!r})
+        print("OK", jax.device_count())
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=root)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OK 2" in proc.stdout

@@ -10,6 +10,11 @@ def build_dataset(config):
         from seqnet_jax.data.synthetic import make_synthetic_dataset
 
         return make_synthetic_dataset(seed=config.seed, **d.synthetic.to_dict())
+    if d.dataset in ("cuhk_sysu", "prw") and d.tfds_data_dir:
+        from seqnet_jax.data.tfds_builders import load_tfds_dataset  # tfds only on this path
+
+        return load_tfds_dataset(d.dataset, d.tfds_data_dir, d.root,
+                                 skip_bad_images=d.skip_bad_images)
     if d.dataset == "cuhk_sysu":
         from seqnet_jax.data.cuhk_sysu import load_cuhk_sysu
 

@@ -30,18 +30,27 @@ class RPNHead(nn.Module):
     @nn.compact
     def __call__(self, feat: Array) -> Tuple[Array, Array]:
         c = feat.shape[-1]
-        dense = dict(kernel_init=normal_001, bias_init=nn.initializers.zeros, param_dtype=jnp.float32)
-        t = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), dtype=feat.dtype, name="conv", **dense)(feat)
+        dense = dict(
+            kernel_init=normal_001, bias_init=nn.initializers.zeros, param_dtype=jnp.float32
+        )
+        t = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), dtype=feat.dtype, name="conv", **dense)(
+            feat
+        )
         t = nn.relu(t)
         logits = nn.Conv(self.num_anchors, (1, 1), dtype=feat.dtype, name="cls_logits", **dense)(t)
-        deltas = nn.Conv(self.num_anchors * 4, (1, 1), dtype=feat.dtype, name="bbox_pred", **dense)(t)
+        deltas = nn.Conv(self.num_anchors * 4, (1, 1), dtype=feat.dtype, name="bbox_pred", **dense)(
+            t
+        )
         b, h, w, _ = deltas.shape
         deltas = deltas.reshape(b, h, w, self.num_anchors, 4)
         return logits.astype(jnp.float32), deltas.astype(jnp.float32)
 
 
 class FastRCNNPredictor(nn.Module):
-    """Linear 2-way classifier and class-specific box regression (§2.6). ``(R, C) → (R,2), (R,8)``."""
+    """Linear 2-way classifier and class-specific box regression (§2.6).
+
+    ``(R, C)`` → ``(scores (R, 2), deltas (R, 8))``.
+    """
 
     num_classes: int = 2
 
@@ -83,7 +92,10 @@ class NormAwareEmbedding(nn.Module):
     ) -> Tuple[Array, Array]:
         half = self.dim // 2
         parts = []
-        for name, f, d in (("feat_res4", feat_res4, half), ("feat_res5", feat_res5, self.dim - half)):
+        for name, f, d in (
+            ("feat_res4", feat_res4, half),
+            ("feat_res5", feat_res5, self.dim - half),
+        ):
             p = nn.Dense(d, kernel_init=normal_001, name=f"proj_{name}")(f)
             p = BatchNorm(scale_init=normal_001, name=f"proj_{name}_bn")(p, not train, mask)
             parts.append(p)

@@ -105,8 +105,13 @@ class SeqNet(nn.Module):
         """Legacy RoIAlign 14×14 at 1/16: ``(B, R, 4)`` → ``(B*R, 14, 14, C4)``."""
         b, r = rois.shape[:2]
         fn = roi_align_matmul if self.roi_align_impl == "matmul" else roi_align_batched
-        x = fn(feat, jax.lax.stop_gradient(rois), self.roi_size, 1.0 / FEATURE_STRIDE,
-               self.sampling_ratio)
+        x = fn(
+            feat,
+            jax.lax.stop_gradient(rois),
+            self.roi_size,
+            1.0 / FEATURE_STRIDE,
+            self.sampling_ratio,
+        )
         return x.reshape((b * r,) + x.shape[2:])
 
     def box_stage(self, feat: Array, rois: Array, roi_valid: Array, train: bool):
@@ -118,7 +123,8 @@ class SeqNet(nn.Module):
         return logits.reshape(b, r, -1), deltas.reshape(b, r, -1)
 
     def reid_stage(self, feat: Array, rois: Array, roi_valid: Array, train: bool):
-        """Second stage. ``rois (B, R, 4)`` → ``(deltas (B,R,8), emb (B,R,D), nae_logits (B,R))``."""
+        """Second stage. ``rois (B, R, 4)`` →
+        ``(deltas (B, R, 8), emb (B, R, D), nae_logits (B, R))``."""
         b, r = rois.shape[:2]
         mask = roi_valid.reshape(-1)
         res4, res5 = self.reid_head(self.pool(feat, rois), train, mask)
@@ -198,6 +204,7 @@ def propose(model: SeqNet, variables, images, image_sizes, *, train: bool, pre_n
     In training the backbone normalises with batch statistics exactly as the loss pass will; the
     running statistics are not updated here.
     """
+
     def fn(m):
         feat = m.features(images, image_sizes, train)
         logits, deltas = m.rpn(feat)
@@ -219,6 +226,7 @@ def propose(model: SeqNet, variables, images, image_sizes, *, train: bool, pre_n
 def first_stage(model: SeqNet, variables, feat, rois, roi_valid, image_sizes, *, train: bool):
     """First-stage boxes and scores: class-1 boxes decoded w.r.t. ``rois`` with (10,10,5,5),
     clipped; ``scores`` = softmax person probability. ``(B, R, 4)`` → ``(B, R, 4), (B, R)``."""
+
     def fn(m):
         return m.box_stage(feat, rois, roi_valid, train)
 
@@ -235,6 +243,7 @@ def first_stage(model: SeqNet, variables, feat, rois, roi_valid, image_sizes, *,
 def second_stage(model: SeqNet, variables, feat, rois, roi_valid, image_sizes):
     """Eval second stage (§2.9 step 3–4): refined boxes (decoded w.r.t. ``rois``, clipped) and
     unit embeddings pooled from ``rois``. ``(B, R, 4)`` → ``(B, R, 4), (B, R, D)``."""
+
     def fn(m):
         return m.reid_stage(feat, rois, roi_valid, False)
 
@@ -246,6 +255,7 @@ def second_stage(model: SeqNet, variables, feat, rois, roi_valid, image_sizes):
 
 def embed_boxes(model: SeqNet, variables, images, image_sizes, boxes, box_valid):
     """Embeddings of given boxes (queries, GT boxes), eval mode: ``(B, K, 4)`` → ``(B, K, D)``."""
+
     def fn(m):
         feat = m.features(images, image_sizes, False)
         return m.embed(feat, boxes, box_valid)

@@ -55,9 +55,14 @@ class HostStages:
 
         def one(i):
             return sample_rpn_targets(
-                anchors, batch["boxes"][i], batch["box_valid"][i], _rng(self.seed, step, _RPN_TAG, i),
-                batch_size=r.batch_size_train, positive_fraction=r.pos_frac_train,
-                high=r.pos_thresh_train, low=r.neg_thresh_train,
+                anchors,
+                batch["boxes"][i],
+                batch["box_valid"][i],
+                _rng(self.seed, step, _RPN_TAG, i),
+                batch_size=r.batch_size_train,
+                positive_fraction=r.pos_frac_train,
+                high=r.pos_thresh_train,
+                low=r.neg_thresh_train,
             )
 
         out = _stack(self._map(one, batch["boxes"].shape[0]))
@@ -79,9 +84,15 @@ class HostStages:
 
         def one(i):
             return sample_roi_targets(
-                boxes[i], valid[i], batch["boxes"][i], batch["pids"][i], batch["box_valid"][i],
-                _rng(self.seed, step, tag, i), batch_size=h.batch_size_train,
-                positive_fraction=h.pos_frac_train, fg_iou=h.pos_thresh_train,
+                boxes[i],
+                valid[i],
+                batch["boxes"][i],
+                batch["pids"][i],
+                batch["box_valid"][i],
+                _rng(self.seed, step, tag, i),
+                batch_size=h.batch_size_train,
+                positive_fraction=h.pos_frac_train,
+                fg_iou=h.pos_thresh_train,
                 bg_iou=h.neg_thresh_train,
             )
 

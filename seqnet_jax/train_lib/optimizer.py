@@ -37,7 +37,9 @@ def lr_factor(step, steps_per_epoch: int, warmup_factor: float, milestones, gamm
     w = max(steps_per_epoch - 1, 1)
     alpha = xp.minimum(i / w, 1.0)
     warm = xp.where((epoch == 0) & (i < w), warmup_factor * (1 - alpha) + alpha, 1.0)
-    decay = gamma ** sum(xp.asarray(epoch >= m, xp.float32) for m in milestones) if milestones else 1.0
+    decay = (
+        gamma ** sum(xp.asarray(epoch >= m, xp.float32) for m in milestones) if milestones else 1.0
+    )
     return warm * decay
 
 

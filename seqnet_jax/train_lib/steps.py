@@ -1,7 +1,7 @@
 """The device stages of one training iteration and the loss/update step (design.md §1).
 
-    propose (jit) → host NMS + RoI sampling → first_stage (jit) → host RoI sampling
-      → train_step (jit): all seven losses, gradients, clip, SGD, BN and OIM state updates.
+propose (jit) → host NMS + RoI sampling → first_stage (jit) → host RoI sampling
+  → train_step (jit): all seven losses, gradients, clip, SGD, BN and OIM state updates.
 """
 
 from __future__ import annotations
@@ -48,13 +48,19 @@ def compute_losses(model: SeqNet, variables, batch, rpn, s1, s2):
         sl = jnp.take_along_axis(logits, idx, axis=1).reshape(-1)
         sd = jnp.take_along_axis(deltas, idx[..., None], axis=1).reshape(-1, 4)
         rpn_cls, rpn_reg = L.rpn_losses(
-            sl, sd, rpn["labels"].reshape(-1), rpn["targets"].reshape(-1, 4),
+            sl,
+            sd,
+            rpn["labels"].reshape(-1),
+            rpn["targets"].reshape(-1, 4),
             rpn["valid"].reshape(-1),
         )
         cls1, d1 = m.box_stage(feat, s1["boxes"], s1["valid"], True)
         prop_cls, prop_reg = L.fast_rcnn_losses(
-            cls1.reshape(-1, 2), d1.reshape(-1, 8), s1["pids"].reshape(-1),
-            s1["targets"].reshape(-1, 4), s1["valid"].reshape(-1),
+            cls1.reshape(-1, 2),
+            d1.reshape(-1, 8),
+            s1["pids"].reshape(-1),
+            s1["targets"].reshape(-1, 4),
+            s1["valid"].reshape(-1),
         )
         d2, emb, nae = m.reid_stage(feat, s2["boxes"], s2["valid"], True)
         pids2, valid2 = s2["pids"].reshape(-1), s2["valid"].reshape(-1)
@@ -74,13 +80,17 @@ def compute_losses(model: SeqNet, variables, batch, rpn, s1, s2):
     return model.apply(variables, method=fwd, mutable=["batch_stats", "oim_state"])
 
 
-def train_step(model: SeqNet, tx: optax.GradientTransformation, weights, state: TrainState,
-               batch, rpn, s1, s2):
+def train_step(
+    model: SeqNet, tx: optax.GradientTransformation, weights, state: TrainState, batch, rpn, s1, s2
+):
     """One SGD step. Returns the new state and metrics (each loss, total, grad norm)."""
 
     def loss_fn(params):
-        variables = {"params": params, "batch_stats": state.batch_stats,
-                     "oim_state": state.oim_state}
+        variables = {
+            "params": params,
+            "batch_stats": state.batch_stats,
+            "oim_state": state.oim_state,
+        }
         losses, new_vars = compute_losses(model, variables, batch, rpn, s1, s2)
         total = sum(weights[k] * losses[k] for k in L.LOSS_NAMES)
         return total, (losses, new_vars)

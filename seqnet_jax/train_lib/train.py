@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from seqnet_jax import checkpoints as ckpt_lib
 from seqnet_jax.data import build_dataset
@@ -66,9 +67,12 @@ def abstract_train_state(config, model: seqnet.SeqNet):
         variables = seqnet.init_variables(model, rng)
         tx = make_optimizer(config.solver, variables["params"], 1)
         return TrainState(
-            step=jnp.zeros((), jnp.int32), params=variables["params"],
-            batch_stats=variables["batch_stats"], oim_state=variables["oim_state"],
-            opt_state=tx.init(variables["params"]), rng=rng,
+            step=jnp.zeros((), jnp.int32),
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            oim_state=variables["oim_state"],
+            opt_state=tx.init(variables["params"]),
+            rng=rng,
         )
 
     return jax.eval_shape(build, jax.random.PRNGKey(0))
@@ -102,7 +106,9 @@ class Trainer:
         self._anchors: Dict[tuple, np.ndarray] = {}
         self.propose = jax.jit(
             functools.partial(
-                seqnet.propose, model, train=True,
+                seqnet.propose,
+                model,
+                train=True,
                 pre_nms_top_n=config.model.rpn.pre_nms_topn_train,
             )
         )
@@ -149,7 +155,9 @@ class Trainer:
         t = self._t("device_stage1", t)
         s2 = self.host.roi_targets(refined, s1["valid"], batch, step, stage=2)
         t = self._t("host_sample2", t)
-        state, metrics = self.train_step(state, dev, self.shard(rpn_t), self.shard(s1), self.shard(s2))
+        state, metrics = self.train_step(
+            state, dev, self.shard(rpn_t), self.shard(s1), self.shard(s2)
+        )
         metrics = jax.device_get(metrics)
         self._t("device_train_step", t)
         return state, metrics
@@ -201,9 +209,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     model = seqnet.build_model(config.model, num_pids)
     d = config.data
     loader = TrainLoader(
-        dataset.train, functools.partial(dataset.load_image, "train"), batch_size=d.batch_size,
-        min_size=d.min_size, max_size=d.max_size, buckets=buckets_from_config(d),
-        max_boxes=d.max_boxes, seed=config.seed, flip_prob=d.flip_prob, num_workers=d.num_workers,
+        dataset.train,
+        functools.partial(dataset.load_image, "train"),
+        batch_size=d.batch_size,
+        min_size=d.min_size,
+        max_size=d.max_size,
+        buckets=buckets_from_config(d),
+        max_boxes=d.max_boxes,
+        seed=config.seed,
+        flip_prob=d.flip_prob,
+        num_workers=d.num_workers,
     )
     spe = loader.num_batches_per_epoch
     if d.batch_size % jax.device_count():
@@ -215,8 +230,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if ckpt.latest_step() is not None:
         state, meta, step = ckpt.restore(state)
         loader.load_state_dict(meta["loader"])
-        logging.info("resumed from step %d (epoch %d, batch %d)", step, loader.epoch,
-                     loader.state_dict()["position"])
+        logging.info(
+            "resumed from step %d (epoch %d, batch %d)",
+            step,
+            loader.epoch,
+            loader.state_dict()["position"],
+        )
     trainer = Trainer(config, model, tx)
     state = jax.device_put(state, trainer.replicated)
     total_steps = spe * config.solver.max_epochs
@@ -224,14 +243,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
         total_steps = min(total_steps, config.solver.max_steps)
     schedule = make_schedule(config.solver, spe)
     writer = MetricWriter(os.path.join(workdir, "tensorboard"))
-    logging.info("model: %s, %d train images, %d steps/epoch, %d steps in total, %d ids",
-                 f"ResNet-{config.model.backbone.depth}", loader.num_images, spe, total_steps,
-                 num_pids)
+    logging.info(
+        "model: %s, %d train images, %d steps/epoch, %d steps in total, %d ids",
+        f"ResNet-{config.model.backbone.depth}",
+        loader.num_images,
+        spe,
+        total_steps,
+        num_pids,
+    )
     results: dict = {}
 
     def save(step):
-        ckpt.save(step, state, {"loader": loader.state_dict(), "step": int(step),
-                                "num_pids": num_pids})
+        ckpt.save(
+            step, state, {"loader": loader.state_dict(), "step": int(step), "num_pids": num_pids}
+        )
         logging.info("saved checkpoint at step %d", step)
 
     step = int(state.step)
@@ -255,9 +280,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     writer.scalars(step, logs)
                     logging.info(
                         "epoch %d step %d/%d loss %.4f (%s) lr %.2e %.2f img/s eta %s "
-                        "compilations %d", epoch, step, total_steps, logs["loss"],
-                        " ".join(f"{k[5:]} {logs[k]:.3f}" for k in LOSS_NAMES), logs["lr"],
-                        logs["images_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)),
+                        "compilations %d",
+                        epoch,
+                        step,
+                        total_steps,
+                        logs["loss"],
+                        " ".join(f"{k[5:]} {logs[k]:.3f}" for k in LOSS_NAMES),
+                        logs["lr"],
+                        logs["images_per_s"],
+                        time.strftime("%H:%M:%S", time.gmtime(eta)),
                         logs["compilations"],
                     )
                 if config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0:
@@ -273,8 +304,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     last or (period > 0 and (epoch + 1) % period == 0)
                 ):
                     results = eval_lib.evaluate(
-                        config, workdir, model, state.variables, dataset,
-                        checkpoint_id=f"step{step}", writer=writer, step=step,
+                        config,
+                        workdir,
+                        model,
+                        state.variables,
+                        dataset,
+                        checkpoint_id=f"step{step}",
+                        writer=writer,
+                        step=step,
                     )
     except KeyboardInterrupt:
         logging.warning("interrupted: saving a checkpoint at step %d", step)

@@ -1,0 +1,1 @@
+"""Benchmark scripts (not part of the package; run as ``python -m benchmarks.<name>``)."""
