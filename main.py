@@ -3,6 +3,8 @@
   python main.py --config configs/synthetic.py --workdir runs/synthetic
   python main.py --config configs/cuhk.py --workdir runs/cuhk --config.data.root=/data/CUHK-SYSU
   python main.py --config configs/cuhk.py --workdir runs/cuhk --config.eval.mode=eval
+  python main.py --config configs/cuhk.py --workdir runs/cuhk --config.eval.mode=search \
+      --config.search.query=me.jpg --config.search.gallery=photos/ --config.search.output=found/
 
 Any config field can be overridden with --config.<field>=<value>; a misspelled field is an error.
 """

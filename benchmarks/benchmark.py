@@ -26,7 +26,13 @@ What is timed
     RoI sampling 2, train step, and the transfers between them.
   * Peak device memory (``memory_stats()['peak_bytes_in_use']``; 'n/a' on CPU), jit cache sizes
     of every jitted stage and the number of XLA compilations (a listener on JAX's
-    backend-compile event), both during warm-up and during the timed loops (must be 0).
+    backend-compile event), both during warm-up and during the timed loops (must be 0). A jit
+    cache holds one entry per input signature *and* per kind of caller: ``detect()`` passes numpy
+    arrays, the split passes device arrays, so each shape shows up twice without a second XLA
+    compile. ``--memory_analysis`` adds XLA's buffer sizes of the compiled train step (one extra
+    compile; works on CPU too).
+  * ``--set KEY=VALUE`` (repeatable) overrides config fields, e.g.
+    ``--set model.roi_head.roi_align_impl=gather``.
 
 How ``--dets`` controls the boxes reaching the second stage (random weights give arbitrary
 scores): ``N > 0`` sets ``roi_head.score_thresh_test = -1`` (every first-stage box passes the
@@ -46,6 +52,7 @@ samplers, against the plain greedy loop ``nms_reference`` (checks identical keep
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import math
@@ -126,6 +133,14 @@ class Samples:
             }
             for k, v in self.data.items()
         }
+
+
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Progress on stderr (a full-size CPU run takes many minutes)."""
+    print(f"[{time.perf_counter() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
 def block(tree):
@@ -210,6 +225,25 @@ def load_config(path: str):
             "absl-py and PyYAML); see BENCHMARKS.md for carrying them to a machine without them."
         ) from e
     return module.get_config()
+
+
+def apply_overrides(config, overrides: List[str]) -> None:
+    """``key.path=value`` strings (values parsed as Python literals, else kept as strings)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = getattr(node, name)
+        if leaf not in node:
+            raise SystemExit(f"--set {item}: no config field {key!r}")
+        setattr(node, leaf, value)
 
 
 def canvas_for(height: int, width: int) -> tuple[int, int]:
@@ -375,6 +409,7 @@ def bench_inference(args, config, model, variables, batch, counter) -> dict:
     t0 = time.perf_counter()
     inf.detect(one)
     out["first_detect_s"] = time.perf_counter() - t0  # compiles propose/stage1/stage2
+    log(f"inference: first detect() (with compilation) {out['first_detect_s']:.1f} s")
     split, e2e = Samples(), Samples()
     dets = []
     for _ in range(args.warmup):
@@ -382,6 +417,7 @@ def bench_inference(args, config, model, variables, batch, counter) -> dict:
         dets.append(detect_split(inf, one, Samples()))
         embed_split(inf, one, query, Samples())
     out["warmup_compilations"] = len(counter.since(mark))
+    log(f"inference: {args.warmup} warm-up rounds done")
     mark = counter.mark()
     cache_before = inf.num_compilations()
     for _ in range(args.iters):
@@ -405,6 +441,7 @@ def bench_inference(args, config, model, variables, batch, counter) -> dict:
             "frames_per_s": 1e3 * gb / m,
             "ms_per_frame": m / gb,
         }
+        log(f"inference: gallery batch {gb}: {m:.1f} ms/batch")
     out["throughput"] = throughput
     out["jit_cache_sizes"] = {
         name: int(f._cache_size())
@@ -469,6 +506,7 @@ def bench_train(args, config, model, counter) -> dict:
     state = jax.device_put(state, trainer.replicated)
     block(state)
     out["init_s"] = time.perf_counter() - t0
+    log(f"train: state created in {out['init_s']:.1f} s")
     rng = np.random.default_rng(1)
     batches = [
         make_batch(
@@ -486,10 +524,12 @@ def bench_train(args, config, model, counter) -> dict:
     t0 = time.perf_counter()
     state, _ = trainer.iteration(state, batches[0])
     out["first_iteration_s"] = time.perf_counter() - t0
+    log(f"train: first iteration (with compilation) {out['first_iteration_s']:.1f} s")
     for i in range(args.warmup):
         state, _ = trainer.iteration(state, batches[i % 2])
         state = iteration_split(trainer, state, batches[(i + 1) % 2], Samples())
     out["warmup_compilations"] = len(counter.since(mark))
+    log(f"train: {args.warmup} warm-up iterations done")
     trainer.timings.clear()
     mark = counter.mark()
     cache_before = trainer.num_compilations()
@@ -513,7 +553,9 @@ def bench_train(args, config, model, counter) -> dict:
         )
     }
     out["library_timings_ms"] = {k: 1e3 * float(np.median(v)) for k, v in trainer.timings.items()}
+    log(f"train: {args.iters} timed iterations done")
     if args.memory_analysis:
+        log("train: compiling the train step once more for its memory analysis")
         out["memory_analysis"] = train_memory_analysis(trainer, state, batches[0])
     trainer.host.close()
     return out
@@ -798,6 +840,8 @@ def report(args, env, res) -> None:
             f"{args.dtype}, image {args.height}×{args.width} on canvas {cfg['canvas']}, "
             f"median of {args.iters} after {args.warmup} warm-up"
         )
+        if args.set:
+            print(f"- overrides: {' '.join(args.set)}")
     if "inference" in res:
         inf = res["inference"]
         print_table(
@@ -883,7 +927,7 @@ def report(args, env, res) -> None:
             r = res[phase]
             rows.append(
                 (
-                    f"{phase}: jit cache sizes",
+                    f"{phase}: jit cache entries (per shape and caller: numpy vs device arrays)",
                     ", ".join(f"{k} {v}" for k, v in r["jit_cache_sizes"].items()),
                 )
             )
@@ -956,6 +1000,13 @@ def parse_args(argv=None):
         help="also compile the train step once more for XLA's buffer sizes",
     )
     p.add_argument("--host_only", action="store_true", help="time the host stages alone")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, repeatable, e.g. --set model.roi_head.roi_align_impl=gather",
+    )
     p.add_argument("--json", default="", help="write every number to this JSON file")
     return p.parse_args(argv)
 
@@ -974,6 +1025,7 @@ def main(argv=None) -> dict:
         print_host(res["host"])
     else:
         config = load_config(args.config)
+        apply_overrides(config, args.set)
         if args.dtype:
             config.model.compute_dtype = args.dtype
         args.dtype = config.model.compute_dtype

@@ -91,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # -- evaluation --------------------------------------------------------------------------
     c.eval = e = ml_collections.ConfigDict()
-    e.mode = "train_and_eval"  # train_and_eval | train | eval
+    e.mode = "train_and_eval"  # train_and_eval | train | eval | search (see the search section)
     e.period = 1  # evaluate every N epochs (and after the last); 0 = only after the last
     e.use_gt = False  # gallery features from GT boxes (upper bound)
     e.use_cbgm = True  # report with and without CBGM
@@ -114,6 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
     sr.cbgm_k1 = 10  # CBGM: best detections (over the whole gallery) whose frames are re-ranked
     sr.cbgm_k2 = 3  # CBGM: query-side nodes (the query + the k2-1 most confident other people)
     sr.batch_size = 4  # gallery frames per model call (larger: faster on a GPU, more memory)
+    sr.jax_cache = True  # keep compiled programs in INDEX/jax_cache: later searches skip compiling
 
     # -- logging / checkpoints ---------------------------------------------------------------
     c.log_every = 10  # steps between console/TensorBoard logs

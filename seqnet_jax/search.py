@@ -135,6 +135,7 @@ class GalleryFile:
 
 
 def file_kind(path: str) -> Optional[str]:
+    """``"image"``, ``"video"`` or None (not searched), from the file extension."""
     ext = os.path.splitext(path)[1].lower()
     if ext in IMAGE_EXTENSIONS:
         return "image"
@@ -340,37 +341,43 @@ def _trained_config_diff(workdir: str, config) -> str:
 
 def check_variables_fit(ckpt_tree: dict, abstract: dict, source: str, hint: str = "") -> None:
     """Raise ``CheckpointMismatchError`` naming every ``params``/``batch_stats`` array whose
-    presence or shape differs between a checkpoint and the model built from the config."""
-    want = _flat_shapes({k: abstract[k] for k in ("params", "batch_stats")})
-    have = _flat_shapes({k: ckpt_tree.get(k, {}) for k in ("params", "batch_stats")})
+    presence or shape differs between a checkpoint and the model built from the config.
+
+    ``hint`` (e.g. the differing fields of the training config) is put first in the message.
+    """
+    cols = ("params", "batch_stats")
+    want = _flat_shapes({k: abstract[k] for k in cols})
+    have = _flat_shapes({k: ckpt_tree.get(k, {}) for k in cols})
+
+    def order(k: str):  # parameters before BN statistics, then alphabetical
+        return (not k.startswith("params/"), k)
+
     wrong = [
         f"{k}: checkpoint {have[k]} vs config {want[k]}"
-        for k in sorted(want)
+        for k in sorted(want, key=order)
         if k in have and have[k] != want[k]
     ]
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
+    missing = sorted(set(want) - set(have), key=order)
+    extra = sorted(set(have) - set(want), key=order)
     if not (wrong or missing or extra):
         return
     parts = []
     if wrong:
-        parts.append(f"{len(wrong)} array(s) have another shape, e.g. " + "; ".join(wrong[:4]))
+        parts.append(f"{len(wrong)} array(s) have another shape, e.g. " + "; ".join(wrong[:3]))
     if missing:
         parts.append(
             f"{len(missing)} array(s) of the model are not in the checkpoint, e.g. "
-            + ", ".join(missing[:4])
+            + ", ".join(missing[:3])
         )
     if extra:
         parts.append(
-            f"{len(extra)} checkpoint array(s) are not in the model, e.g. " + ", ".join(extra[:4])
+            f"{len(extra)} checkpoint array(s) are not in the model, e.g. " + ", ".join(extra[:3])
         )
     raise CheckpointMismatchError(
-        f"the checkpoint {source} does not fit the model built from the config: "
+        f"the checkpoint {source} does not fit the model built from the config.{hint} "
         + ". ".join(parts)
-        + "."
-        + hint
-        + " Use the config the checkpoint was trained with (e.g. model.backbone.depth/width, "
-        "model.emb_dim, model.roi_head.bn_neck)."
+        + ". Search with the config the checkpoint was trained with (model.backbone.depth/width, "
+        "model.emb_dim, model.roi_head.bn_neck, ...)."
     )
 
 
@@ -385,14 +392,14 @@ def load_model(config, workdir: str):
 
     ref = config.init.reference_checkpoint
     if ref:
-        from seqnet_jax.weights import load_reference_checkpoint, read_state_dict
+        from seqnet_jax.weights import OIM_KEYS, load_reference_checkpoint, read_state_dict
 
         ref = os.path.abspath(ref)
         if not os.path.exists(ref):
             raise FileNotFoundError(f"init.reference_checkpoint {ref} does not exist")
         sd = read_state_dict(ref)
         num_pids = int(config.model.oim.lut_size)
-        lut = sd.get("roi_heads.reid_loss.lut")
+        lut = sd.get(OIM_KEYS[0])
         if num_pids <= 0:
             num_pids = int(lut.shape[0]) if lut is not None else 1
         model = seqnet.build_model(config.model, num_pids)
@@ -483,6 +490,7 @@ class FileRecord:
     embeddings: np.ndarray = None  # (M, D) float32, CWS-scaled (as the reference gallery)
 
     def meta(self) -> dict:
+        """The record's manifest entry (everything but the arrays)."""
         return {
             "key": self.key,
             "kind": self.kind,
@@ -496,6 +504,7 @@ class FileRecord:
         }
 
     def up_to_date(self, f: GalleryFile, video_fps: float) -> bool:
+        """Whether the record still describes ``f`` (same size, mtime and video sampling)."""
         return (
             self.kind == f.kind
             and self.size == f.size
@@ -596,6 +605,7 @@ class GalleryIndex:
         return index
 
     def save(self, root: str = "") -> None:
+        """Writes the arrays and then the manifest (each atomically); ``root`` is informative."""
         os.makedirs(self.directory, exist_ok=True)
         recs = [self.records[k] for k in sorted(self.records)]
         arrays = {}
@@ -634,6 +644,7 @@ class _Progress:
         self.done, self.t0, self.last = 0, time.perf_counter(), -math.inf
 
     def update(self, n: int, final: bool = False) -> None:
+        """Counts ``n`` more frames; logs at most every ``interval`` s (always when ``final``)."""
         self.done += n
         now = time.perf_counter()
         if not final and now - self.last < self.interval:
@@ -659,6 +670,7 @@ class _Progress:
 
     @property
     def rate(self) -> float:
+        """Frames per second since the start."""
         return self.done / max(time.perf_counter() - self.t0, 1e-9)
 
 
@@ -729,6 +741,8 @@ class _Extractor:
                             return
                 if not self._put(("end", fi, None)):
                     return
+        except Exception:  # noqa: BLE001 - the consumer marks the files left as not processed
+            logging.exception("gallery decoding thread failed")
         finally:
             self._put(_END)
 
@@ -738,21 +752,21 @@ class _Extractor:
         parts = [collections.defaultdict(list) for _ in self.files]
         pending = [0] * len(self.files)
         closed = [False] * len(self.files)
+        done = [False] * len(self.files)
         buckets: Dict[tuple, list] = collections.defaultdict(list)
-        total = 0
-        for f in self.files:
-            if f.kind == "image":
-                total += 1
-            else:
+        expected = [1] * len(self.files)  # frames per file (videos: from the header, 0 = unknown)
+        for fi, f in enumerate(self.files):
+            if f.kind == "video":
                 try:
-                    total += probe_video(f.path, self.video_fps)
+                    expected[fi] = probe_video(f.path, self.video_fps)
                 except Exception:  # noqa: BLE001 - reported when decoding
-                    pass
-        progress = _Progress(total)
+                    expected[fi] = 0
+        progress = _Progress(sum(expected))
         producer = threading.Thread(target=self._produce, name="search-produce", daemon=True)
         producer.start()
 
         def finish(fi: int) -> None:
+            done[fi] = True
             rec, p = recs[fi], parts[fi]
             if p:
                 order = np.argsort(np.asarray(p["frame_index"]), kind="stable")
@@ -774,6 +788,11 @@ class _Extractor:
                     rec.embeddings = np.concatenate([d[3] for d in dets]).astype(np.float32)
             if rec.kind == "video" and not len(rec.frame_index) and rec.error is None:
                 rec.error = "no frame could be decoded"
+            n, n_exp = len(rec.frame_index), expected[fi]
+            if rec.kind == "video" and n and rec.warning is None and n < 0.8 * n_exp - 1:
+                rec.warning = (
+                    f"decoded {n} of the ~{n_exp} frames its header announces (truncated?)"
+                )
             if rec.error:
                 logging.warning("skipped gallery file %s: %s", rec.key, rec.error)
             elif rec.warning:
@@ -819,8 +838,12 @@ class _Extractor:
                     except Exception as e:  # noqa: BLE001 - an unreadable image is skipped
                         recs[fi].error = f"{type(e).__name__}: {e}"
                         continue
+                    try:
+                        bkey = transforms.choose_bucket([tuple(ex["image_size"])], self.buckets)
+                    except ValueError as e:  # custom data.buckets too small for this picture
+                        recs[fi].error = str(e)
+                        continue
                     pending[fi] += 1
-                    bkey = transforms.choose_bucket([tuple(ex["image_size"])], self.buckets)
                     buckets[bkey].append((fi, (*payload, tuple(int(v) for v in hw)), ex))
                     if len(buckets[bkey]) == self.batch_size:
                         run_batch(buckets.pop(bkey))
@@ -835,6 +858,10 @@ class _Extractor:
                         finish(fi)
             for bkey in list(buckets):
                 run_batch(buckets.pop(bkey))
+            for fi in range(len(self.files)):
+                if not done[fi]:  # the decoding thread died (its error is logged)
+                    recs[fi].error = recs[fi].error or "not processed: the decoding thread failed"
+                    finish(fi)
         finally:
             self.stop.set()
             producer.join(timeout=5)
@@ -866,6 +893,7 @@ class GalleryTable:
 
 
 def gallery_table(records: Sequence[FileRecord], dim: int) -> GalleryTable:
+    """Concatenates the readable records' frames and detections into one table."""
     recs = [r for r in records if r.error is None]
     nf = np.asarray([len(r.frame_index) for r in recs], np.int64)
     offs = np.concatenate([[0], np.cumsum(nf)[:-1]]).astype(np.int64)
@@ -948,23 +976,31 @@ def annotate_frame(
     title: str,
 ) -> Image.Image:
     """The frame with every detection boxed and labelled with its similarity: the overall best
-    match thick green ``#1``, the other top-k yellow ``#r``, the rest thin blue."""
+    match thick green ``#1``, the other top-k yellow ``#r``, the rest thin blue. Frames whose
+    shorter side is below 480 pixels are enlarged by an integer factor to keep labels legible."""
     im = Image.fromarray(image)
     h, w = image.shape[:2]
+    up = max(1, math.ceil(480 / max(min(h, w), 1)))
+    if up > 1:
+        im = im.resize((w * up, h * up), Image.NEAREST)
+        boxes = np.asarray(boxes, np.float32) * up
+        h, w = h * up, w * up
     draw = ImageDraw.Draw(im)
-    font = _font(max(12, min(h, w) // 40))
+    font = _font(max(12, min(h, w) // 45))
+    small = _font(max(10, min(h, w) // 65))
     lw = max(2, min(h, w) // 300)
     order = np.argsort(-ranks)  # best last: drawn on top
     for j in order:
         r = int(ranks[j])
         colour = _TOP1 if r == 1 else (_TOPK if r <= top_k else _OTHER)
         width = lw * (3 if r == 1 else 2 if r <= top_k else 1)
+        f = font if r <= top_k else small
         x1, y1, x2, y2 = (float(v) for v in boxes[j])
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
         text = f"#{r} {sims[j]:.2f}" if r <= top_k else f"{sims[j]:.2f}"
-        ty = y1 - font.size - 6 if y1 - font.size - 6 >= 0 else y1 + width + 2
-        _label(draw, (x1 + 2, ty), text, colour, font)
-    _label(draw, (4, 4), title, (255, 255, 255), font)
+        ty = y1 - f.size - 6 if y1 - f.size - 6 >= 0 else y1 + width + 2
+        _label(draw, (x1 + 2, ty), text, colour, f)
+    _label(draw, (4, h - small.size - 6), title, (255, 255, 255), small)
     return im
 
 
@@ -1059,11 +1095,22 @@ def write_html(path: str, results: dict) -> None:
     frames = [
         f'<li><a href="{link(f["annotated"])}">{e(f["file"])}'
         + (f" @ {e(_fmt_time(f['time']))}" if f["time"] is not None else "")
-        + f"</a> (best {f['best_similarity']:.3f})</li>"
-        for f in results["frames"]
-        if f["annotated"]
+        + "</a>"
+        + (
+            f" (best {f['best_similarity']:.3f})"
+            if f["best_similarity"] is not None
+            else " (nobody detected)"
+        )
+        + "</li>"
+        for f in sorted(
+            (f for f in results["frames"] if f["annotated"]),
+            key=lambda f: np.inf if f["best_similarity"] is None else -f["best_similarity"],
+        )
     ]
     skipped = [f"<li>{e(s['file'])}: {e(s['reason'])}</li>" for s in results["skipped"]]
+    skipped += [
+        f"<li>{e(w['file'])} (searched): {e(w['warning'])}</li>" for w in results["warnings"]
+    ]
     s = results["summary"]
     doc = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Person search: {e(os.path.basename(q["image"]))}</title>
@@ -1082,7 +1129,7 @@ Ranked by {e(results["similarity"])}.</p>
 {"".join(rows) or '<tr><td colspan="5">no person detected in the gallery</td></tr>'}
 </table>
 <h2>Annotated frames</h2><ul>{"".join(frames) or "<li>none</li>"}</ul>
-<h2>Skipped files</h2><ul>{"".join(skipped) or "<li>none</li>"}</ul>
+<h2>Skipped files and warnings</h2><ul>{"".join(skipped) or "<li>none</li>"}</ul>
 <p>Every detection: <a href="results.json">results.json</a>.</p>
 </body></html>
 """
@@ -1109,9 +1156,11 @@ class SearchOptions:
     cbgm_k1: int = 10
     cbgm_k2: int = 3
     batch_size: int = 4
+    jax_cache: bool = True
 
     @classmethod
     def from_config(cls, search_cfg, workdir: str = "") -> "SearchOptions":
+        """Options from ``config.search``; an empty ``output`` becomes ``WORKDIR/search``."""
         d = dict(search_cfg.to_dict() if hasattr(search_cfg, "to_dict") else search_cfg)
         if not d.get("output") and workdir:
             d["output"] = os.path.join(workdir, "search")
@@ -1119,6 +1168,7 @@ class SearchOptions:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def validate(self) -> None:
+        """Raises ``SearchInputError`` for a missing query/output or an out-of-range option."""
         if not self.query:
             raise SearchInputError("set --config.search.query=IMAGE (the picture of the person)")
         if not self.output:
@@ -1141,10 +1191,12 @@ class PreparedQuery:
     box: np.ndarray
     root: str
     files: List[GalleryFile]
+    seconds: float = 0.0  # time spent checking the inputs and listing the gallery
 
 
 def prepare(opts: SearchOptions) -> PreparedQuery:
     """Every input check that needs no model: options, query image and box, gallery listing."""
+    t0 = time.perf_counter()
     opts.validate()
     if not os.path.isfile(opts.query):
         raise SearchInputError(f"search.query {opts.query} is not a file")
@@ -1155,7 +1207,7 @@ def prepare(opts: SearchOptions) -> PreparedQuery:
     h, w = image.shape[:2]
     box = parse_box(opts.query_box, w, h)
     root, files = list_gallery(opts.gallery, exclude=[opts.output, opts.index])
-    return PreparedQuery(image, box, root, files)
+    return PreparedQuery(image, box, root, files, time.perf_counter() - t0)
 
 
 class PersonSearcher:
@@ -1181,6 +1233,7 @@ class PersonSearcher:
 
     @classmethod
     def from_config(cls, config, workdir: str) -> "PersonSearcher":
+        """Loads the model named by ``config`` (see :func:`load_model`)."""
         model, variables, model_id = load_model(config, workdir)
         return cls(config, model, variables, model_id)
 
@@ -1274,7 +1327,7 @@ class PersonSearcher:
         out = os.path.abspath(opts.output)
         os.makedirs(out, exist_ok=True)
         index_dir = os.path.abspath(opts.index or os.path.join(out, INDEX_DIRNAME))
-        timings = {}
+        timings = {"prepare_s": prepared.seconds}  # input checks + gallery listing (stat)
 
         t = time.perf_counter()
         query_feat, ctx_feats, ctx_boxes = self.embed_query(
@@ -1297,7 +1350,7 @@ class PersonSearcher:
         ranks[order] = np.arange(1, len(sims) + 1)
         cos = table.embeddings @ query_feat / np.maximum(table.scores, 1e-12)
         timings["rank_s"] = time.perf_counter() - t
-        answer_s = time.perf_counter() - t_start
+        answer_s = prepared.seconds + time.perf_counter() - t_start
 
         t = time.perf_counter()
         results = self._write_outputs(
@@ -1316,7 +1369,7 @@ class PersonSearcher:
         )
         timings["render_s"] = time.perf_counter() - t
         timings["answer_s"] = answer_s
-        timings["total_s"] = time.perf_counter() - t_start
+        timings["total_s"] = prepared.seconds + time.perf_counter() - t_start
         results["timings"] = {k: round(v, 4) for k, v in timings.items()}
         with open(os.path.join(out, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
@@ -1528,12 +1581,14 @@ class PersonSearcher:
             lines.append(results["message"])
         logging.info(
             "search: %d file(s), %d frame(s), %d detection(s), %d skipped; answered in %.3f s "
-            "(query %.3f s, index %.3f s, extraction %.3f s, ranking %.3f s), pictures %.3f s\n%s",
+            "(listing %.3f s, query %.3f s, index %.3f s, extraction %.3f s, ranking %.3f s), "
+            "pictures %.3f s\n%s",
             s["num_files"],
             s["num_frames"],
             s["num_detections"],
             s["num_skipped"],
             t["answer_s"],
+            t["prepare_s"],
             t["query_s"],
             t["index_load_s"],
             t["extract_s"],
@@ -1543,10 +1598,26 @@ class PersonSearcher:
         )
 
 
+def enable_compilation_cache(directory: str) -> None:
+    """Keep compiled XLA programs in ``directory`` (JAX's persistent compilation cache), so a later
+    search process skips compiling the model. A cache the user configured already
+    (``JAX_COMPILATION_CACHE_DIR``) is left alone."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return
+    os.makedirs(directory, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def search_from_config(config, workdir: str) -> dict:
     """``eval.mode=search``: check the inputs, load the model, search, write the outputs."""
     opts = SearchOptions.from_config(config.search, workdir)
     prepared = prepare(opts)  # every input error before loading anything
+    if opts.jax_cache:
+        index_dir = opts.index or os.path.join(opts.output, INDEX_DIRNAME)
+        enable_compilation_cache(os.path.abspath(os.path.join(index_dir, "jax_cache")))
     t = time.perf_counter()
     searcher = PersonSearcher.from_config(config, workdir)
     logging.info("model loaded in %.1f s", time.perf_counter() - t)
