@@ -31,6 +31,9 @@ What is timed
     arrays, the split passes device arrays, so each shape shows up twice without a second XLA
     compile. ``--memory_analysis`` adds XLA's buffer sizes of the compiled train step (one extra
     compile; works on CPU too).
+  * ``--compile_only`` lowers and compiles every stage at the requested size and prints XLA's
+    buffer sizes (arguments / temp / outputs) without running anything: a memory estimate for
+    a size or batch the machine cannot run (XLA:CPU numbers differ from the GPU's).
   * ``--set KEY=VALUE`` (repeatable) overrides config fields, e.g.
     ``--set model.roi_head.roi_align_impl=gather``.
 
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib.util
 import json
 import math
@@ -169,7 +173,9 @@ def memory() -> Dict[str, Optional[int]]:
 
 
 def fmt_bytes(n: Optional[int]) -> str:
-    return "n/a" if n is None else f"{n / 2**30:.2f} GiB"
+    if n is None:
+        return "n/a"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def environment() -> dict:
@@ -561,31 +567,148 @@ def bench_train(args, config, model, counter) -> dict:
     return out
 
 
-def train_memory_analysis(trainer, state, batch: dict) -> dict:
-    """XLA's own buffer accounting of the compiled train step (one extra compile; works on CPU)."""
-    step = int(state.step)
-    host = trainer.host
-    dev = trainer.shard({"images": batch["images"], "image_sizes": batch["image_sizes"]})
-    feat, boxes, scores = trainer.propose(state.variables, dev["images"], dev["image_sizes"])
-    boxes, scores = jax.device_get((boxes, scores))
-    rpn_t = host.rpn_targets(trainer.anchors(feat.shape[1], feat.shape[2]), batch, step)
-    props, pvalid = host.proposals(boxes, scores)
-    s1 = host.roi_targets(props, pvalid, batch, step, stage=1)
-    s2 = host.roi_targets(s1["boxes"], s1["valid"], batch, step, stage=2)
-    lowered = trainer.train_step.lower(
-        state, dev, trainer.shard(rpn_t), trainer.shard(s1), trainer.shard(s2)
-    )
-    ma = lowered.compile().memory_analysis()
+MEMORY_KEYS = (
+    "argument_size_in_bytes",
+    "output_size_in_bytes",
+    "alias_size_in_bytes",
+    "temp_size_in_bytes",
+    "generated_code_size_in_bytes",
+)
+
+
+def compiled_memory(jitted, *args) -> dict:
+    """XLA's buffer accounting of ``jitted`` compiled for ``args`` (arrays or
+    ``ShapeDtypeStruct``s): lowers and compiles, runs nothing."""
+    ma = jitted.lower(*args).compile().memory_analysis()
     if ma is None:
         return {}
-    keys = (
-        "argument_size_in_bytes",
-        "output_size_in_bytes",
-        "alias_size_in_bytes",
-        "temp_size_in_bytes",
-        "generated_code_size_in_bytes",
+    return {k: int(getattr(ma, k)) for k in MEMORY_KEYS if hasattr(ma, k)}
+
+
+def fake_proposals(rng, b: int, n: int, height: int, width: int):
+    """``(B, n, 4)`` RPN-like boxes (``host_nms_bench.rpn_like_boxes``: 60 % jittered copies of a
+    dozen person boxes, 40 % anchor-like boxes anywhere) and ``(B, n)`` scores, sorted by score
+    like the device top-k."""
+    # generated at 900×1500 (the helper assumes that scale), then scaled to height × width
+    data = [rpn_like_boxes(rng, n, width=1500.0, height=900.0) for _ in range(b)]
+    scale = np.asarray([width / 1500, height / 900, width / 1500, height / 900], np.float32)
+    boxes = np.stack([d[0] for d in data]) * scale
+    scores = np.stack([d[1] for d in data])
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(boxes, order[..., None], 1), np.take_along_axis(scores, order, 1)
+
+
+def train_memory_analysis(trainer, state, batch: dict) -> dict:
+    """The compiled train step's buffers (one extra compile, nothing executed; works on CPU).
+    Targets come from the real host stages run on RPN-like proposals, so shapes are exact."""
+    cfg = trainer.config.model
+    host = trainer.host
+    h, w = (int(x) for x in batch["image_sizes"][0])
+    dev = trainer.shard({"images": batch["images"], "image_sizes": batch["image_sizes"]})
+    feat = jax.eval_shape(trainer.propose, state.variables, dev["images"], dev["image_sizes"])[0]
+    rpn_t = host.rpn_targets(trainer.anchors(feat.shape[1], feat.shape[2]), batch, 0)
+    boxes, scores = fake_proposals(
+        np.random.default_rng(0), batch["images"].shape[0], cfg.rpn.pre_nms_topn_train, h, w
     )
-    return {k: int(getattr(ma, k)) for k in keys if hasattr(ma, k)}
+    props, pvalid = host.proposals(boxes, scores)
+    s1 = host.roi_targets(props, pvalid, batch, 0, stage=1)
+    s2 = host.roi_targets(s1["boxes"], s1["valid"], batch, 0, stage=2)
+    out = {
+        "train_step": compiled_memory(
+            trainer.train_step,
+            state,
+            dev,
+            trainer.shard(rpn_t),
+            trainer.shard(s1),
+            trainer.shard(s2),
+        )
+    }
+    out["propose"] = compiled_memory(
+        trainer.propose, state.variables, dev["images"], dev["image_sizes"]
+    )
+    out["stage1"] = compiled_memory(
+        trainer.first_stage,
+        state.variables,
+        feat,
+        trainer.shard(s1["boxes"]),
+        trainer.shard(s1["valid"]),
+        dev["image_sizes"],
+    )
+    return out
+
+
+def inference_memory_analysis(inf, batch: dict, dets: int) -> dict:
+    """Compiled buffers of the inference stages for one frame (nothing executed)."""
+    images, sizes = batch["images"], batch["image_sizes"]
+    v = inf.variables
+    feat, _, _ = jax.eval_shape(inf._propose, v, images, sizes)
+    p = inf.cfg.rpn.post_nms_topn_test
+    b = images.shape[0]
+    nb = post.pad_to_bucket(max(dets, 1), inf.stage2_buckets)
+    box = functools.partial(jax.ShapeDtypeStruct, dtype=np.float32)
+    mask = functools.partial(jax.ShapeDtypeStruct, dtype=np.bool_)
+    return {
+        "propose": compiled_memory(inf._propose, v, images, sizes),
+        "stage1": compiled_memory(inf._first, v, feat, box((b, p, 4)), mask((b, p)), sizes),
+        "stage2": compiled_memory(inf._second, v, feat, box((b, nb, 4)), mask((b, nb)), sizes),
+    }
+
+
+def compile_only(args, config, model) -> dict:
+    """Memory analysis of every jitted stage at the requested size without running them."""
+    from seqnet_jax.inference import SeqNetInference
+    from seqnet_jax.train_lib.train import Trainer, create_train_state
+
+    out: dict = {}
+    rng = np.random.default_rng(0)
+    mb, g, pids = config.data.max_boxes, args.gt_boxes, args.num_pids
+    if not args.skip_inference:
+        set_dets(config.model, args.dets)
+        variables = seqnet.init_variables(model, jax.random.PRNGKey(0))
+        inf = SeqNetInference(model, variables, config.model)
+        one = make_batch(rng, 1, args.height, args.width, mb, g, pids)
+        out["inference"] = inference_memory_analysis(inf, one, max(args.dets, 1))
+        log("compile_only: inference stages compiled")
+        del variables, inf
+    if not args.skip_train:
+        config.data.batch_size = args.batch
+        state, tx = create_train_state(config, model, 1000, jax.random.PRNGKey(config.seed))
+        trainer = Trainer(config, model, tx)
+        state = jax.device_put(state, trainer.replicated)
+        batch = make_batch(rng, args.batch, args.height, args.width, mb, g, pids)
+        out["train"] = train_memory_analysis(trainer, state, batch)
+        log("compile_only: training stages compiled")
+        trainer.host.close()
+    return out
+
+
+def print_compile_only(args, env, res: dict) -> None:
+    cfg = res["config"]
+    print("\n## SeqNet compiled-buffer analysis (nothing executed)\n")
+    print(f"- device: {env['device']}; jax {env['jax']}")
+    print(
+        f"- config {args.config}: ResNet-{cfg['depth']}, {args.dtype}, image "
+        f"{args.height}×{args.width} on canvas {cfg['canvas']}, train batch {args.batch}"
+    )
+    rows = []
+    for phase, stages in res["compiled"].items():
+        for name, ma in stages.items():
+            if not ma:
+                continue
+            rows.append(
+                (
+                    f"{phase}: {name}",
+                    fmt_bytes(ma.get("argument_size_in_bytes")),
+                    fmt_bytes(ma.get("temp_size_in_bytes")),
+                    fmt_bytes(ma.get("output_size_in_bytes")),
+                    fmt_bytes(ma.get("alias_size_in_bytes")),
+                )
+            )
+    print_table(
+        "XLA buffer sizes per compiled stage",
+        rows,
+        ("stage", "arguments", "temp", "outputs", "aliased (donated)"),
+    )
 
 
 # ----------------------------------------------------------------------------- host only
@@ -602,14 +725,7 @@ def bench_host(args) -> dict:
     rows = []
 
     def rpn_inputs(n, nb):
-        data = [rpn_like_boxes(rng, n, width=float(w), height=float(h)) for _ in range(nb)]
-        boxes = np.stack([d[0] for d in data])
-        scores = np.stack([d[1] for d in data])
-        order = np.argsort(-scores, axis=1, kind="stable")  # the device top-k is sorted
-        return (
-            np.take_along_axis(boxes, order[..., None], 1),
-            np.take_along_axis(scores, order, 1),
-        )
+        return fake_proposals(rng, nb, n, h, w)  # sorted like the device top-k
 
     def reference_rpn(boxes, scores, thr, k):
         out = []
@@ -908,7 +1024,7 @@ def report(args, env, res) -> None:
         ),
     ]
     if "train" in res and "memory_analysis" in res["train"]:
-        ma = res["train"]["memory_analysis"]
+        ma = res["train"]["memory_analysis"]["train_step"]
         rows.append(
             (
                 "train step XLA buffers: args / temp / output",
@@ -945,7 +1061,9 @@ def report(args, env, res) -> None:
     rows.append(
         (
             "XLA compilations in total (compile seconds)",
-            f"{comp.get('total', 0)} ({comp.get('seconds', 0):.1f} s)",
+            f"{comp.get('total', 0)} ({comp.get('seconds', 0):.1f} s)"
+            if comp.get("total")
+            else f"n/a (no {BACKEND_COMPILE_EVENT} events seen on this jax)",
         )
     )
     print_table("Memory and compilations", rows, ("what", "value"))
@@ -1001,6 +1119,11 @@ def parse_args(argv=None):
     )
     p.add_argument("--host_only", action="store_true", help="time the host stages alone")
     p.add_argument(
+        "--compile_only",
+        action="store_true",
+        help="compile every stage at the given size and print XLA's buffer sizes; run nothing",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -1047,6 +1170,10 @@ def main(argv=None) -> dict:
             "dtype": args.dtype,
         }
         mem: dict = {}
+        if args.compile_only:
+            res["compiled"] = compile_only(args, config, model)
+            print_compile_only(args, env, res)
+            return finish(args, res)
         if not args.skip_inference:
             variables = seqnet.init_variables(model, jax.random.PRNGKey(0))
             block(variables)
@@ -1069,6 +1196,10 @@ def main(argv=None) -> dict:
         res["memory"] = mem
         res["compilations"] = {"total": counter.count, "seconds": counter.seconds}
         report(args, env, res)
+    return finish(args, res)
+
+
+def finish(args, res: dict) -> dict:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2, default=str)

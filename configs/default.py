@@ -49,7 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
     m.roi_head = ml_collections.ConfigDict()
     m.roi_head.bn_neck = True
     m.roi_head.pooled_size = 14  # RoIAlign output size (reference: 14)
-    m.roi_head.roi_align_impl = "matmul"  # matmul (separable products) or gather; same values
+    # RoIAlign: "gather" (low memory at 900x1500) or "matmul" (separable matrix products, same
+    # values; much faster on CPUs but its (B, R, H, S, C) temporaries cost GBs at full size)
+    m.roi_head.roi_align_impl = "gather"
     m.roi_head.batch_size_train = 128  # RoIs sampled per image (both stages)
     m.roi_head.pos_frac_train = 0.5
     m.roi_head.pos_thresh_train = 0.5

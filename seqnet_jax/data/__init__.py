@@ -13,8 +13,9 @@ def build_dataset(config):
     if d.dataset in ("cuhk_sysu", "prw") and d.tfds_data_dir:
         from seqnet_jax.data.tfds_builders import load_tfds_dataset  # tfds only on this path
 
-        return load_tfds_dataset(d.dataset, d.tfds_data_dir, d.root,
-                                 skip_bad_images=d.skip_bad_images)
+        return load_tfds_dataset(
+            d.dataset, d.tfds_data_dir, d.root, skip_bad_images=d.skip_bad_images
+        )
     if d.dataset == "cuhk_sysu":
         from seqnet_jax.data.cuhk_sysu import load_cuhk_sysu
 

@@ -52,8 +52,9 @@ class SearchProtocol:
     ``gallery_indices[i]`` lists indices into the gallery annotation list searched for query ``i``;
     ``gt_boxes[i]`` (same length, ``(G_i, 4)`` float32) holds the query person's box in each of
     those images, or a row of NaN where the person is absent. Either may be ``None`` for a
-    rule-based protocol (``rule`` = ``"all_but_query_frame"`` or ``"other_cameras"``, as PRW), in which case
-    the evaluator derives gallery and ground truth from the gallery annotations and query pids.
+    rule-based protocol (``rule`` = ``"all_but_query_frame"`` or ``"other_cameras"``, as PRW), in
+    which case the evaluator derives gallery and ground truth from the gallery annotations and
+    query pids.
     Rule ``"full_set"`` (CUHK-SYSU full set, see ``seqnet_jax.evaluation.protocols``) searches every
     gallery image except the query's own and takes the ground truth from the lists, which then hold
     a base explicit protocol (TestG50).

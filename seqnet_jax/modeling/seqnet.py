@@ -58,7 +58,7 @@ class SeqNet(nn.Module):
     bn_neck: bool = True
     roi_size: int = 14
     sampling_ratio: int = 2
-    roi_align_impl: str = "matmul"  # "matmul" (separable, fast) or "gather" (same values)
+    roi_align_impl: str = "gather"  # or "matmul": same values, faster on CPU, more memory
     dtype: Any = jnp.float32
 
     @property
@@ -158,6 +158,11 @@ def build_model(model_cfg, num_pids: int) -> SeqNet:
     if dtype is None:
         raise ValueError(
             f"model.compute_dtype must be 'float32' or 'bfloat16', got {model_cfg.compute_dtype!r}"
+        )
+    if model_cfg.roi_head.roi_align_impl not in ("gather", "matmul"):
+        raise ValueError(
+            "model.roi_head.roi_align_impl must be 'gather' or 'matmul', got "
+            f"{model_cfg.roi_head.roi_align_impl!r}"
         )
     return SeqNet(
         depth=model_cfg.backbone.depth,
