@@ -148,19 +148,25 @@ class Trainer:
         props, pvalid = self.host.proposals(boxes, scores)
         s1 = self.host.roi_targets(props, pvalid, batch, step, stage=1)
         t = self._t("host_nms_sample1", t)
+        s1_dev = self.shard(_device_targets(s1))  # sent once: used by stage 1 and the step
         refined, _ = self.first_stage(
-            variables, feat, self.shard(s1["boxes"]), self.shard(s1["valid"]), dev["image_sizes"]
+            variables, feat, s1_dev["boxes"], s1_dev["valid"], dev["image_sizes"]
         )
         refined = np.asarray(jax.device_get(refined))
         t = self._t("device_stage1", t)
         s2 = self.host.roi_targets(refined, s1["valid"], batch, step, stage=2)
         t = self._t("host_sample2", t)
         state, metrics = self.train_step(
-            state, dev, self.shard(rpn_t), self.shard(s1), self.shard(s2)
+            state, dev, self.shard(rpn_t), s1_dev, self.shard(_device_targets(s2))
         )
         metrics = jax.device_get(metrics)
         self._t("device_train_step", t)
         return state, metrics
+
+
+def _device_targets(samples: dict) -> dict:
+    """The sampled-RoI arrays the device stages read (host-only bookkeeping stays behind)."""
+    return {k: samples[k] for k in ("boxes", "pids", "targets", "valid")}
 
 
 def check_finite(metrics: dict, step: int) -> None:
