@@ -115,6 +115,15 @@ def roi_align(
     return out.astype(features.dtype)
 
 
+def _check_batched(features: jax.Array, boxes: jax.Array, name: str) -> None:
+    if features.ndim != 4:
+        raise ValueError(f"{name}: features must be (B, H, W, C), got shape {features.shape}")
+    if boxes.ndim != 3 or boxes.shape[-1] != 4 or boxes.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"{name}: boxes must be (B, R, 4) with B = {features.shape[0]}, got shape {boxes.shape}"
+        )
+
+
 def roi_align_batched(
     features: jax.Array,
     boxes: jax.Array,
@@ -124,15 +133,7 @@ def roi_align_batched(
 ) -> jax.Array:
     """:func:`roi_align` over a batch: ``features (B, H, W, C)``, ``boxes (B, R, 4)`` →
     ``(B, R, S_h, S_w, C)``. Image ``b``'s boxes only read image ``b``'s features."""
-    if features.ndim != 4:
-        raise ValueError(
-            f"roi_align_batched: features must be (B, H, W, C), got shape {features.shape}"
-        )
-    if boxes.ndim != 3 or boxes.shape[-1] != 4 or boxes.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"roi_align_batched: boxes must be (B, R, 4) with B = {features.shape[0]}, "
-            f"got shape {boxes.shape}"
-        )
+    _check_batched(features, boxes, "roi_align_batched")
     fn = partial(
         roi_align,
         output_size=output_size,
@@ -167,15 +168,7 @@ def roi_align_matmul(
 
     ``features (B, H, W, C)``, ``boxes (B, R, 4)`` → ``(B, R, S_h, S_w, C)``.
     """
-    if features.ndim != 4:
-        raise ValueError(
-            f"roi_align_matmul: features must be (B, H, W, C), got shape {features.shape}"
-        )
-    if boxes.ndim != 3 or boxes.shape[-1] != 4 or boxes.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"roi_align_matmul: boxes must be (B, R, 4) with B = {features.shape[0]}, "
-            f"got shape {boxes.shape}"
-        )
+    _check_batched(features, boxes, "roi_align_matmul")
     sr = int(sampling_ratio)
     if sr <= 0:
         raise ValueError(f"roi_align: sampling_ratio must be > 0, got {sampling_ratio}")
