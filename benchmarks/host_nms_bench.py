@@ -25,13 +25,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from seqnet_jax.host.nms import batched_nms_padded, nms, nms_reference  # noqa: E402
 
 
-def rpn_like_boxes(rng, n, width=1500.0, height=900.0, n_obj=15):
-    """``(n, 4)`` float32 boxes clipped to the image and ``(n,)`` float32 scores."""
+def rpn_like_boxes(
+    rng,
+    n,
+    width=1500.0,
+    height=900.0,
+    n_obj=15,
+    near_frac=0.6,
+    min_height=60.0,
+    size_range=(32.0, 512.0),
+):
+    """``(n, 4)`` float32 boxes clipped to the image and ``(n,)`` float32 scores: jittered copies
+    of ``n_obj`` person boxes (``near_frac`` of them) plus anchor-like background boxes."""
     cx = rng.uniform(50, width - 50, n_obj)
     cy = rng.uniform(100, height - 100, n_obj)
-    h = rng.uniform(60, 500, n_obj)
+    h = rng.uniform(min_height, 500, n_obj)
     w = h * rng.uniform(0.3, 0.5, n_obj)
-    n_near = int(n * 0.6)
+    n_near = int(n * near_frac)
     k = rng.integers(0, n_obj, n_near)
     s = np.exp(rng.normal(0, 0.25, (n_near, 2)))
     bcx = cx[k] + rng.normal(0, 0.15, n_near) * w[k]
@@ -39,7 +49,7 @@ def rpn_like_boxes(rng, n, width=1500.0, height=900.0, n_obj=15):
     bw, bh = w[k] * s[:, 0], h[k] * s[:, 1]
     near = np.stack([bcx - bw / 2, bcy - bh / 2, bcx + bw / 2, bcy + bh / 2], 1)
     nf = n - n_near
-    size = np.exp(rng.uniform(np.log(32), np.log(512), nf))
+    size = np.exp(rng.uniform(np.log(size_range[0]), np.log(size_range[1]), nf))
     ar = rng.choice([0.5, 1.0, 2.0], nf)
     fw, fh = size / np.sqrt(ar), size * np.sqrt(ar)
     fcx, fcy = rng.uniform(0, width, nf), rng.uniform(0, height, nf)

@@ -3,33 +3,15 @@
 import numpy as np
 import pytest
 
+from benchmarks.host_nms_bench import rpn_like_boxes
 from seqnet_jax.host.nms import batched_nms_padded, nms, nms_reference
 
 
 def _clustered(rng, n, width=1500.0, height=900.0, n_obj=12, near_frac=0.6):
     """RPN-like boxes: jittered copies of a few person boxes plus anchor-like background."""
-    cx = rng.uniform(50, width - 50, n_obj)
-    cy = rng.uniform(100, height - 100, n_obj)
-    h = rng.uniform(40, 500, n_obj)
-    w = h * rng.uniform(0.3, 0.5, n_obj)
-    n_near = int(n * near_frac)
-    k = rng.integers(0, n_obj, n_near)
-    s = np.exp(rng.normal(0, 0.25, (n_near, 2)))
-    bcx = cx[k] + rng.normal(0, 0.15, n_near) * w[k]
-    bcy = cy[k] + rng.normal(0, 0.15, n_near) * h[k]
-    bw, bh = w[k] * s[:, 0], h[k] * s[:, 1]
-    near = np.stack([bcx - bw / 2, bcy - bh / 2, bcx + bw / 2, bcy + bh / 2], 1)
-    nf = n - n_near
-    size = np.exp(rng.uniform(np.log(16), np.log(600), nf))
-    ar = rng.choice([0.5, 1.0, 2.0], nf)
-    fw, fh = size / np.sqrt(ar), size * np.sqrt(ar)
-    fcx, fcy = rng.uniform(0, width, nf), rng.uniform(0, height, nf)
-    far = np.stack([fcx - fw / 2, fcy - fh / 2, fcx + fw / 2, fcy + fh / 2], 1)
-    boxes = np.concatenate([near, far])
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    scores = np.concatenate([rng.uniform(0.5, 1, n_near), rng.uniform(0, 0.7, nf)])
-    return boxes.astype(np.float32), scores.astype(np.float32)
+    return rpn_like_boxes(
+        rng, n, width, height, n_obj, near_frac, min_height=40.0, size_range=(16.0, 600.0)
+    )
 
 
 def _uniform(rng, n, size=200.0):

@@ -13,17 +13,13 @@ from typing import Dict, Optional
 import numpy as np
 
 from seqnet_jax.host import postprocess as post
-from seqnet_jax.host.sampling import sample_roi_targets, sample_rpn_targets
+from seqnet_jax.host.sampling import _stack, sample_roi_targets, sample_rpn_targets
 
 _RPN_TAG, _STAGE1_TAG, _STAGE2_TAG = 11, 12, 13
 
 
 def _rng(seed: int, step: int, tag: int, image: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(step), tag, int(image)])
-
-
-def _stack(dicts) -> Dict[str, np.ndarray]:
-    return {k: np.stack([d[k] for d in dicts]) for k in dicts[0]}
 
 
 def _finite_targets(targets: np.ndarray, positive: np.ndarray) -> np.ndarray:
