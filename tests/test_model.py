@@ -1,5 +1,7 @@
 """Model structure, the staged train step and inference on tiny inputs."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,3 +129,57 @@ def test_inference_returns_boxes_in_original_coordinates(tiny_setup):
         np.testing.assert_allclose(np.linalg.norm(det.embeddings, axis=1), 1.0, atol=1e-4)
     emb = inf.embed(batch, batch["boxes"][:, :1], batch["box_valid"][:, :1])
     np.testing.assert_allclose(emb[:, 0], np.stack([d.embeddings[0] for d in dets]), atol=1e-5)
+
+
+def test_train_step_grad_norm_covers_trainable_params_only(tiny_setup):
+    """Frozen conv1/bn1 enter the loss through stop_gradient: the reported (and clipped) gradient
+    norm equals the norm of the trainable gradients alone."""
+    from seqnet_jax.train_lib import steps
+    from seqnet_jax.train_lib.optimizer import trainable_mask
+
+    config, _, model, state, _, batch = tiny_setup
+    rng = np.random.default_rng(0)
+    b, h, w = batch["images"].shape[:3]
+    r, a = 4, 8
+    n_anchors = (h // 16) * (w // 16) * 15
+    xy = rng.uniform(0, 16, (b, r, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(12, 30, (b, r, 2))], -1).astype(np.float32)
+    rois = {
+        "boxes": jnp.asarray(boxes),
+        "pids": jnp.asarray(rng.integers(0, 3, (b, r)), jnp.int32),
+        "targets": jnp.asarray(rng.normal(size=(b, r, 4)), jnp.float32),
+        "valid": jnp.ones((b, r), bool),
+    }
+    rpn = {
+        "indices": jnp.asarray(rng.integers(0, n_anchors, (b, a)), jnp.int32),
+        "labels": jnp.asarray(rng.integers(0, 2, (b, a)), jnp.int32),
+        "targets": jnp.asarray(rng.normal(size=(b, a, 4)), jnp.float32),
+        "valid": jnp.ones((b, a), bool),
+    }
+    data = {
+        "images": jnp.asarray(batch["images"]),
+        "image_sizes": jnp.asarray(batch["image_sizes"]),
+    }
+    weights = steps.loss_weights(config.solver)
+    state = jax.tree.map(jnp.array, state)
+
+    def total(params):
+        variables = {
+            "params": params,
+            "batch_stats": state.batch_stats,
+            "oim_state": state.oim_state,
+        }
+        losses, _ = steps.compute_losses(model, variables, data, rpn, rois, rois)
+        return sum(weights[k] * losses[k] for k in losses)
+
+    grads = jax.grad(total)(state.params)
+    mask = trainable_mask(grads)
+    all_sq = sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads))
+    train_sq = sum(
+        float(jnp.sum(g**2)) for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(mask)) if t
+    )
+    assert all_sq > train_sq  # the frozen conv1 does receive a gradient without stop_gradient
+    _, tx = train_lib.create_train_state(config, model, 1, jax.random.PRNGKey(0))
+    step = jax.jit(functools.partial(steps.train_step, model, tx, weights))
+    _, metrics = step(state, data, rpn, rois, rois)
+    np.testing.assert_allclose(float(metrics["grad_norm"]), np.sqrt(train_sq), rtol=1e-4)

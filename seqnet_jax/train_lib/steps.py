@@ -15,6 +15,7 @@ import optax
 
 from seqnet_jax.modeling import losses as L
 from seqnet_jax.modeling.seqnet import SeqNet
+from seqnet_jax.train_lib.optimizer import trainable_mask
 from seqnet_jax.train_lib.train_state import TrainState
 
 
@@ -83,9 +84,17 @@ def compute_losses(model: SeqNet, variables, batch, rpn, s1, s2):
 def train_step(
     model: SeqNet, tx: optax.GradientTransformation, weights, state: TrainState, batch, rpn, s1, s2
 ):
-    """One SGD step. Returns the new state and metrics (each loss, total, grad norm)."""
+    """One SGD step. Returns the new state and metrics (each loss, total, grad norm).
+
+    The frozen parameters (conv1, bn1 affine) enter the loss through ``stop_gradient``: their
+    gradients are zeros, so XLA drops the backward pass through the stem (conv1, bn1, max pool),
+    which the reference never computes either (``requires_grad=False`` on everything before
+    layer1). ``grad_norm`` is the norm of the trainable gradients, the one that is clipped.
+    """
+    trainable = trainable_mask(state.params)
 
     def loss_fn(params):
+        params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
         variables = {
             "params": params,
             "batch_stats": state.batch_stats,
