@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.eval_batch_size = 1  # images per inference call
     d.num_workers = 4  # loader threads
     d.flip_prob = 0.5  # horizontal flip probability in training
+    d.group_by_aspect_ratio = False  # batch portrait with portrait images (reference: False)
     d.skip_bad_images = False  # skip (and count) unreadable images instead of failing
     d.synthetic = ml_collections.ConfigDict()  # arguments of make_synthetic_dataset (synthetic)
 

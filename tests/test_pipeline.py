@@ -284,3 +284,34 @@ def test_canvas_fast_path_matches_copy_path():
             for a in annotations
         ]
         assert_batches_equal(list(train_loader(anns, images)), want)
+
+
+def test_group_by_aspect_ratio_batches_same_orientation():
+    annotations, images = make_dataset(num_images=23, seed=5)
+    portrait = {a.name: a.height > a.width for a in annotations}
+    n_portrait = sum(portrait.values())
+    assert 5 <= n_portrait <= 18  # both orientations are well represented
+
+    plain = train_loader(annotations, images)
+    grouped = train_loader(annotations, images, group_by_aspect_ratio=True)
+    assert len(grouped) == len(plain) == 4
+    for epoch in (0, 1):
+        order = grouped.epoch_order(epoch)
+        np.testing.assert_array_equal(np.sort(order), np.arange(23))  # a permutation
+        np.testing.assert_array_equal(order, grouped.epoch_order(epoch))  # deterministic
+        kinds = [
+            {portrait[annotations[i].name] for i in order[b * 5 : b * 5 + 5]} for b in range(4)
+        ]
+        # Left-overs of both groups (23 = 5k + r) share at most one mixed full batch.
+        assert sum(len(k) == 2 for k in kinds) <= 1
+    assert any(
+        len({portrait[annotations[i].name] for i in plain.epoch_order(0)[b * 5 : b * 5 + 5]}) == 2
+        for b in range(4)
+    )  # the reference's plain order does mix them here
+
+    # Same-orientation batches land in the landscape or portrait bucket, never the square one.
+    for batch in grouped:
+        names = [annotations[i].name for i in batch["index"]]
+        h, w = batch["images"].shape[1:3]
+        if len({portrait[n] for n in names}) == 1:
+            assert (h > w) == portrait[names[0]] and h != w

@@ -394,6 +394,13 @@ class TrainLoader(_LoaderBase):
     time. Which images are skipped is decided up front from the annotations (using
     ``height``/``width`` when known), so the epoch length is fixed; an image whose boxes only turn
     out unusable after decoding stays in its batch with no valid box.
+
+    ``group_by_aspect_ratio=True`` (not the reference's behaviour, which batches in plain shuffled
+    order) batches portrait images (``height > width`` per the annotation) with portrait ones and
+    landscape with landscape, so a batch is padded to a landscape or a portrait bucket instead of
+    the square one a mixed batch needs: the epoch order is the shuffled order split into the two
+    groups, cut into batches, with the batches shuffled again; the left-over images of both groups
+    share the last batches. Images of unknown size count as landscape.
     """
 
     def __init__(
@@ -410,6 +417,7 @@ class TrainLoader(_LoaderBase):
         num_workers: int = 2,
         drop_last: bool = True,
         prefetch: Optional[int] = None,
+        group_by_aspect_ratio: bool = False,
     ):
         super().__init__(
             load_image,
@@ -427,7 +435,11 @@ class TrainLoader(_LoaderBase):
         self.seed = int(seed)
         self.flip_prob = float(flip_prob)
         self.drop_last = bool(drop_last)
+        self.group_by_aspect_ratio = bool(group_by_aspect_ratio)
         self._annotations = list(annotations)
+        self._portrait = np.asarray(
+            [(a.height or 0) > (a.width or 0) for a in self._annotations], bool
+        )
         kept = []
         for i, ann in enumerate(self._annotations):
             boxes = np.asarray(ann.boxes, np.float32).reshape(-1, 4)
@@ -486,7 +498,20 @@ class TrainLoader(_LoaderBase):
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Indices into ``annotations`` in the visiting order of ``epoch``: ``(num_images,)``."""
         rng = np.random.default_rng([self.seed, _SHUFFLE_TAG, int(epoch)])
-        return self._kept[rng.permutation(len(self._kept))]
+        order = self._kept[rng.permutation(len(self._kept))]
+        if not self.group_by_aspect_ratio:
+            return order
+        b = self.batch_size
+        full, rest = [], []
+        for group in (order[~self._portrait[order]], order[self._portrait[order]]):
+            n = len(group) // b * b
+            full += [group[i : i + b] for i in range(0, n, b)]
+            rest.append(group[n:])
+        rest = np.concatenate(rest)
+        n = len(rest) // b * b
+        full += [rest[i : i + b] for i in range(0, n, b)]
+        batches = [full[i] for i in rng.permutation(len(full))]
+        return np.concatenate(batches + [rest[n:]])
 
     def flip_decision(self, epoch: int, position: int) -> bool:
         """Whether the image at ``position`` of ``epoch``'s order is mirrored."""

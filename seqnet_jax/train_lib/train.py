@@ -225,6 +225,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         seed=config.seed,
         flip_prob=d.flip_prob,
         num_workers=d.num_workers,
+        group_by_aspect_ratio=d.group_by_aspect_ratio,
     )
     spe = loader.num_batches_per_epoch
     if d.batch_size % jax.device_count():
