@@ -48,7 +48,8 @@ keeps the config's thresholds. The stage-1 NMS then runs over all 300 boxes inst
 trained model keeps above 0.5: a conservative (slower) host stage.
 
 ``--host_only`` times the host stages alone on RPN-like boxes (``host_nms_bench.rpn_like_boxes``):
-5 × (12000 → 2000 @ 0.7) in parallel threads, 6000 → 300 @ 0.7, the test NMS steps and the
+5 × (12000 → 2000 @ 0.7) in parallel threads and in worker processes (``--nms_processes``),
+6000 → 300 @ 0.7, the test NMS steps and the
 samplers, against the plain greedy loop ``nms_reference`` (checks identical keep lists).
 """
 
@@ -79,7 +80,12 @@ import jax  # noqa: E402
 from benchmarks.host_nms_bench import rpn_like_boxes  # noqa: E402
 from seqnet_jax.data import transforms  # noqa: E402
 from seqnet_jax.host import postprocess as post  # noqa: E402
-from seqnet_jax.host.nms import batched_nms_padded, nms, nms_reference  # noqa: E402
+from seqnet_jax.host.nms import (  # noqa: E402
+    batched_nms_padded,
+    nms,
+    nms_reference,
+    process_pool,
+)
 from seqnet_jax.modeling import seqnet  # noqa: E402
 from seqnet_jax.ops.box_ops import remove_small_boxes_mask  # noqa: E402
 
@@ -734,21 +740,24 @@ def bench_host(args) -> dict:
             out.append(vi[nms_reference(boxes[i, vi], scores[i, vi], thr, k)])
         return out
 
-    def check(boxes, scores, thr, k):
+    def check(boxes, scores, thr, k, executor=None):
         valid = remove_small_boxes_mask(boxes, post.RPN_MIN_SIZE)
-        keep, kv = batched_nms_padded(boxes, scores, valid, thr, k)
+        keep, kv = batched_nms_padded(boxes, scores, valid, thr, k, executor=executor)
         ref = reference_rpn(boxes, scores, thr, k)
         return all(np.array_equal(keep[i][kv[i]], ref[i]) for i in range(boxes.shape[0]))
 
-    for name, n, k, nb, thr in (
-        (f"RPN NMS train, {b} images in threads", 12000, 2000, b, 0.7),
-        ("RPN NMS train, 1 image", 12000, 2000, 1, 0.7),
-        ("RPN NMS test, 1 image", 6000, 300, 1, 0.7),
+    nproc = args.nms_processes or min(b, os.cpu_count() or 1)
+    pool = process_pool(nproc)
+    for name, n, k, nb, thr, ex in (
+        (f"RPN NMS train, {b} images in threads", 12000, 2000, b, 0.7, None),
+        (f"RPN NMS train, {b} images in {nproc} processes", 12000, 2000, b, 0.7, pool),
+        ("RPN NMS train, 1 image", 12000, 2000, 1, 0.7, None),
+        ("RPN NMS test, 1 image", 6000, 300, 1, 0.7, None),
     ):
         boxes, scores = rpn_inputs(n, nb)
-        exact = check(boxes, scores, thr, k)
+        exact = check(boxes, scores, thr, k, ex)
         inputs = (boxes, scores, thr, k)
-        fast, _ = median_ms(lambda a=inputs: post.rpn_proposals(*a), 2, iters)
+        fast, _ = median_ms(lambda a=inputs, e=ex: post.rpn_proposals(*a, executor=e), 2, iters)
         plain, _ = median_ms(lambda a=inputs: reference_rpn(*a), 1, n_ref)
         rows.append(
             {
@@ -762,6 +771,8 @@ def bench_host(args) -> dict:
                 "exact": exact,
             }
         )
+
+    pool.shutdown()
 
     # test stage-1 host step: 300 first-stage boxes, score > 0.5, NMS 0.4, cap 300
     boxes, _ = rpn_inputs(300, 1)
@@ -1118,6 +1129,12 @@ def parse_args(argv=None):
         help="also compile the train step once more for XLA's buffer sizes",
     )
     p.add_argument("--host_only", action="store_true", help="time the host stages alone")
+    p.add_argument(
+        "--nms_processes",
+        type=int,
+        default=0,
+        help="worker processes for the batched RPN NMS row (0: min(batch, CPU count))",
+    )
     p.add_argument(
         "--compile_only",
         action="store_true",

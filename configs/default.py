@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.rpn.pre_nms_topn_test = 6000
     m.rpn.post_nms_topn_train = 2000
     m.rpn.post_nms_topn_test = 300
+    m.rpn.nms_processes = 5  # training RPN NMS of a batch in N worker processes; 0: threads
     m.roi_head = ml_collections.ConfigDict()
     m.roi_head.bn_neck = True
     m.roi_head.pooled_size = 14  # RoIAlign output size (reference: 14)

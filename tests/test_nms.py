@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from benchmarks.host_nms_bench import rpn_like_boxes
-from seqnet_jax.host.nms import batched_nms_padded, nms, nms_reference
+from seqnet_jax.host.nms import batched_nms_padded, nms, nms_reference, process_pool
 
 
 def _clustered(rng, n, width=1500.0, height=900.0, n_obj=12, near_frac=0.6):
@@ -136,3 +136,47 @@ def test_batched_nms_padded():
         np.testing.assert_array_equal(ok2, ok)
     idx3, _ = batched_nms_padded(boxes, scores, None, 0.7, k)
     np.testing.assert_array_equal(idx3[0], nms(boxes[0], scores[0], 0.7, k))
+
+
+def test_batched_nms_in_worker_processes():
+    """The training RPN NMS can run the images in spawned worker processes: same keeps."""
+    rng = np.random.default_rng(5)
+    b, n, k = 3, 3000, 500
+    boxes = np.stack([rpn_like_boxes(rng, n)[0] for _ in range(b)])
+    scores = rng.uniform(size=(b, n)).astype(np.float32)
+    valid = rng.uniform(size=(b, n)) < 0.9
+    pool = process_pool(2)
+    try:
+        idx, ok = batched_nms_padded(boxes, scores, valid, 0.7, k, executor=pool)
+    finally:
+        pool.shutdown()
+    for i in range(b):
+        vi = np.flatnonzero(valid[i])
+        expect = vi[nms_reference(boxes[i, vi], scores[i, vi], 0.7, k)]
+        np.testing.assert_array_equal(idx[i][ok[i]], expect)
+        assert (idx[i][~ok[i]] == -1).all()
+    with pytest.raises(ValueError, match="num_workers"):
+        process_pool(0)
+
+
+def test_host_stages_rpn_nms_in_worker_processes():
+    from configs import default
+    from seqnet_jax.train_lib.host_stages import HostStages
+
+    cfg = default.get_config().model
+    cfg.rpn.nms_processes = 0
+    rng = np.random.default_rng(9)
+    boxes = np.stack([rpn_like_boxes(rng, 3000)[0] for _ in range(2)])
+    scores = -np.sort(-rng.normal(size=(2, 3000)), axis=1).astype(np.float32)
+    want = HostStages(cfg, seed=0, num_threads=1).proposals(boxes, scores)
+    cfg.rpn.nms_processes = 2
+    host = HostStages(cfg, seed=0, num_threads=1)
+    try:
+        got = host.proposals(boxes, scores)
+    finally:
+        host.close()
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    cfg.rpn.nms_processes = -1
+    with pytest.raises(ValueError, match="model.rpn.nms_processes"):
+        HostStages(cfg, seed=0)

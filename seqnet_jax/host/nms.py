@@ -29,14 +29,16 @@ many keeps, which returns exactly the first ``max_output`` keeps of the full run
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["nms", "nms_reference", "batched_nms_padded"]
+__all__ = ["nms", "nms_reference", "batched_nms_padded", "process_pool"]
 
 _BLOCK = 128  # boxes per greedy block
 _DEAD = np.inf  # cy of a dead index entry: fails every |Δcy| < ry test
@@ -474,6 +476,36 @@ def _default_pool() -> ThreadPoolExecutor:
         return _pool
 
 
+def _nms_job(args) -> np.ndarray:
+    """One image's :func:`nms` in a worker process (module level, so it pickles)."""
+    return nms(*args)
+
+
+def process_pool(num_workers: int) -> ProcessPoolExecutor:
+    """Worker processes for ``batched_nms_padded(..., executor=pool)``.
+
+    The fast NMS is a long series of small numpy calls that hold the GIL, so threads barely run
+    images in parallel; processes do. The workers are started with ``spawn`` (never ``fork``: the
+    parent runs JAX's threads), import only numpy and this module, and are started here so the
+    first batch does not pay for it. Shut the pool down with ``pool.shutdown()``.
+    """
+    if num_workers < 1:
+        raise ValueError(f"process_pool: num_workers must be >= 1, got {num_workers}")
+    pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+    warm = (np.zeros((1, 4), np.float32), np.zeros(1, np.float32), 0.5, 1)
+    # Each submit to a pool without an idle worker spawns one, so all workers start here. Hide
+    # the parent's main script from them meanwhile: ``spawn`` would re-run it in every worker
+    # (slow, and impossible for stdin or notebook mains); they need nothing from it.
+    main = sys.modules.get("__main__")
+    main_file = main.__dict__.pop("__file__", None) if main is not None else None
+    try:
+        list(pool.map(_nms_job, [warm] * num_workers))
+    finally:
+        if main_file is not None:
+            main.__file__ = main_file
+    return pool
+
+
 def batched_nms_padded(
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -481,6 +513,7 @@ def batched_nms_padded(
     iou_threshold: float,
     max_output: int,
     num_threads: Optional[int] = None,
+    executor: Optional[Executor] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Per-image :func:`nms` with fixed-size padded outputs.
 
@@ -488,8 +521,10 @@ def batched_nms_padded(
       boxes: ``(B, N, 4)``; scores: ``(B, N)``; valid: ``(B, N)`` bool (``None``: all valid).
         Invalid entries take no part.
       iou_threshold, max_output: as :func:`nms`.
-      num_threads: images run in parallel threads (numpy releases the GIL) when ``B > 1``;
-        ``None`` uses a shared pool, ``1`` runs sequentially.
+      num_threads: images run in parallel threads when ``B > 1``; ``None`` uses a shared pool,
+        ``1`` runs sequentially. Ignored when ``executor`` is given.
+      executor: runs the images on it instead, e.g. a :func:`process_pool` (the only way to run
+        large NMS problems truly in parallel: the per-image work mostly holds the GIL).
 
     Returns:
       ``keep_idx (B, max_output)`` int32 indices into ``N`` by descending score, -1 padded, and
@@ -518,7 +553,14 @@ def batched_nms_padded(
         k = nms(boxes[i].take(vi, axis=0), scores[i].take(vi), iou_threshold, max_output)
         return vi.take(k)
 
-    if b > 1 and num_threads != 1:
+    if executor is not None and b > 1:
+        vis = [_nz(valid[i]) for i in range(b)]
+        jobs = [
+            (boxes[i].take(vi, axis=0), scores[i].take(vi), iou_threshold, max_output)
+            for i, vi in enumerate(vis)
+        ]
+        results = [vi.take(k) for vi, k in zip(vis, executor.map(_nms_job, jobs), strict=True)]
+    elif b > 1 and num_threads != 1:
         if num_threads is None:
             results = list(_default_pool().map(one, range(b)))
         else:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from concurrent.futures import Executor
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -14,15 +15,22 @@ DET_MIN_SIZE = 1e-2
 
 
 def rpn_proposals(
-    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, post_nms_top_n: int
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    iou_threshold: float,
+    post_nms_top_n: int,
+    executor: Optional[Executor] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Top-k RPN boxes → proposals. ``boxes (B, K, 4)`` clipped, ``scores (B, K)`` sorted logits.
 
     Drops boxes with a side < 1e-3, NMS at ``iou_threshold`` and keeps ``post_nms_top_n``.
-    Returns ``proposals (B, P, 4)`` (zeros in padding) and ``valid (B, P)``.
+    Returns ``proposals (B, P, 4)`` (zeros in padding) and ``valid (B, P)``. ``executor``: see
+    :func:`~seqnet_jax.host.nms.batched_nms_padded`.
     """
     valid = remove_small_boxes_mask(boxes, RPN_MIN_SIZE)
-    keep, keep_valid = batched_nms_padded(boxes, scores, valid, iou_threshold, post_nms_top_n)
+    keep, keep_valid = batched_nms_padded(
+        boxes, scores, valid, iou_threshold, post_nms_top_n, executor=executor
+    )
     idx = np.where(keep_valid, keep, 0)
     props = np.take_along_axis(boxes, idx[..., None], axis=1)
     props = np.where(keep_valid[..., None], props, 0.0).astype(np.float32)

@@ -13,6 +13,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from seqnet_jax.host import postprocess as post
+from seqnet_jax.host.nms import process_pool
 from seqnet_jax.host.sampling import _stack, sample_roi_targets, sample_rpn_targets
 
 _RPN_TAG, _STAGE1_TAG, _STAGE2_TAG = 11, 12, 13
@@ -38,6 +39,10 @@ class HostStages:
         self.cfg = model_cfg
         self.seed = seed
         self.pool = ThreadPoolExecutor(max(1, num_threads)) if num_threads > 1 else None
+        n = int(model_cfg.rpn.nms_processes)
+        if n < 0:
+            raise ValueError(f"model.rpn.nms_processes must be >= 0, got {n}")
+        self.nms_pool = process_pool(n) if n > 0 else None
 
     def _map(self, fn, n):
         if self.pool is None or n == 1:
@@ -68,7 +73,9 @@ class HostStages:
     def proposals(self, boxes: np.ndarray, scores: np.ndarray):
         """NMS 0.7 on the device top-k → ``(proposals (B, P, 4), valid (B, P))``."""
         r = self.cfg.rpn
-        return post.rpn_proposals(boxes, scores, r.nms_thresh, r.post_nms_topn_train)
+        return post.rpn_proposals(
+            boxes, scores, r.nms_thresh, r.post_nms_topn_train, executor=self.nms_pool
+        )
 
     def roi_targets(
         self, boxes: np.ndarray, valid: np.ndarray, batch: dict, step: int, stage: int
@@ -99,6 +106,8 @@ class HostStages:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
+        if self.nms_pool is not None:
+            self.nms_pool.shutdown()
 
 
 def check_pids(batch: dict, num_pids: int, where: Optional[str] = None) -> None:
