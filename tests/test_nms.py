@@ -114,6 +114,16 @@ def test_heavy_suppression_extends_the_prefix():
         _assert_same(boxes, scores, 0.7, m)
 
 
+def _assert_padded_keeps(idx, ok, boxes, scores, valid, thr, k):
+    """Each image's row: the reference keeps of its valid boxes, then -1 / False padding."""
+    for i in range(boxes.shape[0]):
+        vi = np.flatnonzero(valid[i])
+        expect = vi[nms_reference(boxes[i, vi], scores[i, vi], thr, k)]
+        np.testing.assert_array_equal(idx[i, : expect.size], expect)
+        assert ok[i].sum() == expect.size
+        assert (idx[i, expect.size :] == -1).all() and not ok[i, expect.size :].any()
+
+
 def test_batched_nms_padded():
     rng = np.random.default_rng(11)
     b, n, k = 4, 700, 60
@@ -123,12 +133,7 @@ def test_batched_nms_padded():
     valid[3] = False  # an image without candidates
     idx, ok = batched_nms_padded(boxes, scores, valid, 0.7, k)
     assert idx.shape == (b, k) and idx.dtype == np.int32 and ok.dtype == bool
-    for i in range(b):
-        vi = np.flatnonzero(valid[i])
-        expect = vi[nms_reference(boxes[i, vi], scores[i, vi], 0.7, k)]
-        np.testing.assert_array_equal(idx[i, : expect.size], expect)
-        assert ok[i].sum() == expect.size
-        assert (idx[i, expect.size :] == -1).all() and not ok[i, expect.size :].any()
+    _assert_padded_keeps(idx, ok, boxes, scores, valid, 0.7, k)
     assert not ok[3].any()
     for threads in (1, 2):
         idx2, ok2 = batched_nms_padded(boxes, scores, valid, 0.7, k, num_threads=threads)
@@ -150,11 +155,7 @@ def test_batched_nms_in_worker_processes():
         idx, ok = batched_nms_padded(boxes, scores, valid, 0.7, k, executor=pool)
     finally:
         pool.shutdown()
-    for i in range(b):
-        vi = np.flatnonzero(valid[i])
-        expect = vi[nms_reference(boxes[i, vi], scores[i, vi], 0.7, k)]
-        np.testing.assert_array_equal(idx[i][ok[i]], expect)
-        assert (idx[i][~ok[i]] == -1).all()
+    _assert_padded_keeps(idx, ok, boxes, scores, valid, 0.7, k)
     with pytest.raises(ValueError, match="num_workers"):
         process_pool(0)
 

@@ -548,26 +548,21 @@ def batched_nms_padded(
     b = boxes.shape[0]
     max_output = int(max_output)
 
-    def one(i: int) -> np.ndarray:
-        vi = _nz(valid[i])
-        k = nms(boxes[i].take(vi, axis=0), scores[i].take(vi), iou_threshold, max_output)
-        return vi.take(k)
-
-    if executor is not None and b > 1:
-        vis = [_nz(valid[i]) for i in range(b)]
-        jobs = [
-            (boxes[i].take(vi, axis=0), scores[i].take(vi), iou_threshold, max_output)
-            for i, vi in enumerate(vis)
-        ]
-        results = [vi.take(k) for vi, k in zip(vis, executor.map(_nms_job, jobs), strict=True)]
-    elif b > 1 and num_threads != 1:
-        if num_threads is None:
-            results = list(_default_pool().map(one, range(b)))
-        else:
-            with ThreadPoolExecutor(max_workers=num_threads) as ex:
-                results = list(ex.map(one, range(b)))
+    vis = [_nz(valid[i]) for i in range(b)]
+    jobs = [
+        (boxes[i].take(vi, axis=0), scores[i].take(vi), iou_threshold, max_output)
+        for i, vi in enumerate(vis)
+    ]
+    if b == 1 or (executor is None and num_threads == 1):
+        keeps = [_nms_job(j) for j in jobs]
+    elif executor is not None:
+        keeps = list(executor.map(_nms_job, jobs))
+    elif num_threads is None:
+        keeps = list(_default_pool().map(_nms_job, jobs))
     else:
-        results = [one(i) for i in range(b)]
+        with ThreadPoolExecutor(max_workers=num_threads) as ex:
+            keeps = list(ex.map(_nms_job, jobs))
+    results = [vi.take(k) for vi, k in zip(vis, keeps, strict=True)]
     keep_idx = np.full((b, max_output), -1, np.int32)
     keep_valid = np.zeros((b, max_output), bool)
     for i, r in enumerate(results):
