@@ -479,11 +479,11 @@ def iteration_split(trainer, state, batch: dict, rec: Samples):
     dev = block(trainer.shard({"images": batch["images"], "image_sizes": batch["image_sizes"]}))
     t = rec.lap("h2d images", t)
     variables = state.variables
-    feat, boxes, scores = block(trainer.propose(variables, dev["images"], dev["image_sizes"]))
+    boxes, scores, cache = block(trainer.propose(variables, dev["images"], dev["image_sizes"]))
     t = rec.lap("device: propose", t)
     boxes, scores = jax.device_get((boxes, scores))
     t = rec.lap("d2h propose top-k", t)
-    rpn_t = host.rpn_targets(trainer.anchors(feat.shape[1], feat.shape[2]), batch, step)
+    rpn_t = host.rpn_targets(trainer.anchors(*cache["feat"].shape[1:3]), batch, step)
     t = rec.lap("host: RPN anchor sampling", t)
     props, pvalid = host.proposals(boxes, scores)
     t = rec.lap("host: RPN NMS", t)
@@ -491,7 +491,9 @@ def iteration_split(trainer, state, batch: dict, rec: Samples):
     t = rec.lap("host: RoI sampling 1", t)
     s1_boxes, s1_valid = block((trainer.shard(s1["boxes"]), trainer.shard(s1["valid"])))
     t = rec.lap("h2d sampled RoIs 1", t)
-    refined, _ = block(trainer.first_stage(variables, feat, s1_boxes, s1_valid, dev["image_sizes"]))
+    refined, cache = block(
+        trainer.first_stage(variables, cache, s1_boxes, s1_valid, dev["image_sizes"])
+    )
     t = rec.lap("device: stage1", t)
     refined = np.asarray(jax.device_get(refined))
     t = rec.lap("d2h stage1 boxes", t)
@@ -499,8 +501,7 @@ def iteration_split(trainer, state, batch: dict, rec: Samples):
     t = rec.lap("host: RoI sampling 2", t)
     targets = block((trainer.shard(rpn_t), trainer.shard(s1), trainer.shard(s2)))
     t = rec.lap("h2d targets", t)
-    del feat  # as in Trainer.iteration, the train step recomputes the features
-    state, metrics = block(trainer.train_step(state, dev, *targets))
+    state, metrics = block(trainer.train_step(state, *targets, cache))
     t = rec.lap("device: train step", t)
     jax.device_get(metrics)
     rec.lap("d2h metrics", t)
@@ -611,34 +612,30 @@ def train_memory_analysis(trainer, state, batch: dict) -> dict:
     host = trainer.host
     h, w = (int(x) for x in batch["image_sizes"][0])
     dev = trainer.shard({"images": batch["images"], "image_sizes": batch["image_sizes"]})
-    feat = jax.eval_shape(trainer.propose, state.variables, dev["images"], dev["image_sizes"])[0]
-    rpn_t = host.rpn_targets(trainer.anchors(feat.shape[1], feat.shape[2]), batch, 0)
+    cache = jax.eval_shape(trainer.propose, state.variables, dev["images"], dev["image_sizes"])[2]
+    rpn_t = host.rpn_targets(trainer.anchors(*cache["feat"].shape[1:3]), batch, 0)
     boxes, scores = fake_proposals(
         np.random.default_rng(0), batch["images"].shape[0], cfg.rpn.pre_nms_topn_train, h, w
     )
     props, pvalid = host.proposals(boxes, scores)
     s1 = host.roi_targets(props, pvalid, batch, 0, stage=1)
     s2 = host.roi_targets(s1["boxes"], s1["valid"], batch, 0, stage=2)
+    s1_boxes, s1_valid = trainer.shard(s1["boxes"]), trainer.shard(s1["valid"])
+    stage1_args = (state.variables, cache, s1_boxes, s1_valid, dev["image_sizes"])
     out = {
-        "train_step": compiled_memory(
-            trainer.train_step,
-            state,
-            dev,
-            trainer.shard(rpn_t),
-            trainer.shard(s1),
-            trainer.shard(s2),
-        )
+        "propose": compiled_memory(
+            trainer.propose, state.variables, dev["images"], dev["image_sizes"]
+        ),
+        "stage1": compiled_memory(trainer.first_stage, *stage1_args),
     }
-    out["propose"] = compiled_memory(
-        trainer.propose, state.variables, dev["images"], dev["image_sizes"]
-    )
-    out["stage1"] = compiled_memory(
-        trainer.first_stage,
-        state.variables,
-        feat,
-        trainer.shard(s1["boxes"]),
-        trainer.shard(s1["valid"]),
-        dev["image_sizes"],
+    cache = jax.eval_shape(trainer.first_stage, *stage1_args)[1]
+    out["train_step"] = compiled_memory(
+        trainer.train_step,
+        state,
+        trainer.shard(rpn_t),
+        trainer.shard(s1),
+        trainer.shard(s2),
+        cache,
     )
     return out
 

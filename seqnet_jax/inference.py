@@ -51,10 +51,10 @@ class SeqNetInference:
         self.stage2_buckets = tuple(rh.stage2_buckets)
         self._propose = jax.jit(
             functools.partial(
-                seqnet.propose, model, train=False, pre_nms_top_n=model_cfg.rpn.pre_nms_topn_test
+                seqnet.propose, model, pre_nms_top_n=model_cfg.rpn.pre_nms_topn_test
             )
         )
-        self._first = jax.jit(functools.partial(seqnet.first_stage, model, train=False))
+        self._first = jax.jit(functools.partial(seqnet.first_stage, model))
         self._second = jax.jit(functools.partial(seqnet.second_stage, model))
         self._embed = jax.jit(functools.partial(seqnet.embed_boxes, model))
         self.timings: Dict[str, List[float]] = defaultdict(list)

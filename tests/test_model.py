@@ -131,14 +131,9 @@ def test_inference_returns_boxes_in_original_coordinates(tiny_setup):
     np.testing.assert_allclose(emb[:, 0], np.stack([d.embeddings[0] for d in dets]), atol=1e-5)
 
 
-def test_train_step_grad_norm_covers_trainable_params_only(tiny_setup):
-    """Frozen conv1/bn1 enter the loss through stop_gradient: the reported (and clipped) gradient
-    norm equals the norm of the trainable gradients alone."""
-    from seqnet_jax.train_lib import steps
-    from seqnet_jax.train_lib.optimizer import trainable_mask
-
-    config, _, model, state, _, batch = tiny_setup
-    rng = np.random.default_rng(0)
+def _random_targets(batch, seed=0):
+    """Batch arrays plus random RPN/RoI targets of the shapes the host stages produce."""
+    rng = np.random.default_rng(seed)
     b, h, w = batch["images"].shape[:3]
     r, a = 4, 8
     n_anchors = (h // 16) * (w // 16) * 15
@@ -146,7 +141,7 @@ def test_train_step_grad_norm_covers_trainable_params_only(tiny_setup):
     boxes = np.concatenate([xy, xy + rng.uniform(12, 30, (b, r, 2))], -1).astype(np.float32)
     rois = {
         "boxes": jnp.asarray(boxes),
-        "pids": jnp.asarray(rng.integers(0, 3, (b, r)), jnp.int32),
+        "pids": jnp.asarray(rng.integers(-1, 3, (b, r)), jnp.int32),
         "targets": jnp.asarray(rng.normal(size=(b, r, 4)), jnp.float32),
         "valid": jnp.ones((b, r), bool),
     }
@@ -160,6 +155,17 @@ def test_train_step_grad_norm_covers_trainable_params_only(tiny_setup):
         "images": jnp.asarray(batch["images"]),
         "image_sizes": jnp.asarray(batch["image_sizes"]),
     }
+    return data, rpn, rois
+
+
+def test_train_step_grad_norm_covers_trainable_params_only(tiny_setup):
+    """Frozen conv1/bn1 enter the loss through stop_gradient: the reported (and clipped) gradient
+    norm equals the norm of the trainable gradients alone."""
+    from seqnet_jax.train_lib import steps
+    from seqnet_jax.train_lib.optimizer import trainable_mask
+
+    config, _, model, state, _, batch = tiny_setup
+    data, rpn, rois = _random_targets(batch)
     weights = steps.loss_weights(config.solver)
     state = jax.tree.map(jnp.array, state)
 
@@ -183,3 +189,52 @@ def test_train_step_grad_norm_covers_trainable_params_only(tiny_setup):
     step = jax.jit(functools.partial(steps.train_step, model, tx, weights))
     _, metrics = step(state, data, rpn, rois, rois)
     np.testing.assert_allclose(float(metrics["grad_norm"]), np.sqrt(train_sq), rtol=1e-4)
+
+
+def test_staged_train_step_equals_the_one_pass_step(tiny_setup):
+    """The Trainer's stages run the backbone and box head forward once and hand their VJPs to the
+    train step; the result must be the one-pass step's: losses, gradient norm, new params, BN
+    running statistics of every module and the OIM table."""
+    from seqnet_jax.train_lib import steps
+
+    config, _, model, state, _, batch = tiny_setup
+    data, rpn, s1 = _random_targets(batch, seed=1)
+    _, _, s2 = _random_targets(batch, seed=2)
+    weights = steps.loss_weights(config.solver)
+    _, tx = train_lib.create_train_state(config, model, 1, jax.random.PRNGKey(0))
+    state = jax.device_get(state)
+
+    one_pass = jax.jit(functools.partial(steps.train_step, model, tx, weights))
+    ref_state, ref = jax.device_get(one_pass(jax.tree.map(jnp.array, state), data, rpn, s1, s2))
+
+    variables = state.variables
+    _, _, cache = jax.jit(functools.partial(steps.propose_train, model, pre_nms_top_n=50))(
+        variables, data["images"], data["image_sizes"]
+    )
+    _, cache = jax.jit(functools.partial(steps.first_stage_train, model))(
+        variables, cache, s1["boxes"], s1["valid"], data["image_sizes"]
+    )
+    staged = steps.make_jitted_train_step(model, tx, weights)
+    new_state, got = jax.device_get(staged(jax.tree.map(jnp.array, state), rpn, s1, s2, cache))
+
+    for k in list(ref):
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert ref["loss_box_reid"] > 0 and ref["grad_norm"] > 0
+    for name, tree in (
+        ("params", "params"),
+        ("batch_stats", "batch_stats"),
+        ("oim_state", "oim_state"),
+    ):
+        a = jax.tree_util.tree_leaves_with_path(getattr(ref_state, tree))
+        b = jax.tree.leaves(getattr(new_state, tree))
+        for (path, x), y in zip(a, b):
+            np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5, err_msg=f"{name}{path}")
+    # every module's running statistics moved exactly once (backbone, box head, re-id head)
+    before = state.batch_stats
+    for module in ("backbone", "box_head", "reid_head"):
+        moved = jax.tree.leaves(
+            jax.tree.map(
+                lambda x, y: bool(np.any(x != y)), before[module], new_state.batch_stats[module]
+            )
+        )
+        assert any(moved), module

@@ -201,44 +201,46 @@ def anchors_for(model: SeqNet, feat_h: int, feat_w: int) -> np.ndarray:
 
 
 # -- stages (pure functions of (model, variables, arrays); jitted by the callers) --------------
-def propose(model: SeqNet, variables, images, image_sizes, *, train: bool, pre_nms_top_n: int):
-    """Backbone + RPN + top-k before NMS (on device).
+def propose(model: SeqNet, variables, images, image_sizes, *, pre_nms_top_n: int):
+    """Eval backbone + RPN + top-k before NMS (on device); training uses
+    ``train_lib.steps.propose_train``.
 
     Returns ``feat (B, h, w, C4)``, ``boxes (B, K, 4)`` decoded and clipped to the unpadded image,
     ``scores (B, K)`` raw objectness logits sorted descending, K = min(pre_nms_top_n, #anchors).
-    In training the backbone normalises with batch statistics exactly as the loss pass will; the
-    running statistics are not updated here.
     """
 
     def fn(m):
-        feat = m.features(images, image_sizes, train)
+        feat = m.features(images, image_sizes, False)
         logits, deltas = m.rpn(feat)
         return feat, logits, deltas
 
-    if train:
-        (feat, logits, deltas), _ = model.apply(variables, method=fn, mutable=["batch_stats"])
-    else:
-        feat, logits, deltas = model.apply(variables, method=fn)
-    anchors = jnp.asarray(anchors_for(model, feat.shape[1], feat.shape[2]))
+    feat, logits, deltas = model.apply(variables, method=fn)
+    boxes, scores = rpn_top_k(model, logits, deltas, image_sizes, feat.shape[1:3], pre_nms_top_n)
+    return feat, boxes, scores
+
+
+def rpn_top_k(model: SeqNet, logits, deltas, image_sizes, feat_hw, pre_nms_top_n: int):
+    """The ``pre_nms_top_n`` best anchors per image: boxes decoded and clipped, raw logits."""
+    anchors = jnp.asarray(anchors_for(model, feat_hw[0], feat_hw[1]))
     k = min(pre_nms_top_n, logits.shape[1])
     scores, idx = jax.lax.top_k(jax.lax.stop_gradient(logits), k)
     d = jnp.take_along_axis(deltas, idx[..., None], axis=1)
     boxes = RPN_CODER.decode(jax.lax.stop_gradient(d), anchors[idx])
     boxes = clip_boxes(boxes, image_sizes[:, 0, None], image_sizes[:, 1, None])
-    return feat, boxes, scores
+    return boxes, scores
 
 
-def first_stage(model: SeqNet, variables, feat, rois, roi_valid, image_sizes, *, train: bool):
-    """First-stage boxes and scores: class-1 boxes decoded w.r.t. ``rois`` with (10,10,5,5),
+def first_stage(model: SeqNet, variables, feat, rois, roi_valid, image_sizes):
+    """Eval first-stage boxes and scores: class-1 boxes decoded w.r.t. ``rois`` with (10,10,5,5),
     clipped; ``scores`` = softmax person probability. ``(B, R, 4)`` → ``(B, R, 4), (B, R)``."""
+    logits, deltas = model.apply(
+        variables, feat, rois, roi_valid, False, method=SeqNet.box_stage
+    )
+    return first_stage_boxes(logits, deltas, rois, image_sizes)
 
-    def fn(m):
-        return m.box_stage(feat, rois, roi_valid, train)
 
-    if train:
-        (logits, deltas), _ = model.apply(variables, method=fn, mutable=["batch_stats"])
-    else:
-        logits, deltas = model.apply(variables, method=fn)
+def first_stage_boxes(logits, deltas, rois, image_sizes):
+    """Box-stage outputs → (class-1 boxes decoded w.r.t. ``rois`` and clipped, person scores)."""
     boxes = ROI_CODER.decode(deltas[..., 4:8], rois)
     boxes = clip_boxes(boxes, image_sizes[:, 0, None], image_sizes[:, 1, None])
     scores = jax.nn.softmax(logits, axis=-1)[..., 1]

@@ -106,15 +106,12 @@ class Trainer:
         self._anchors: Dict[tuple, np.ndarray] = {}
         self.propose = jax.jit(
             functools.partial(
-                seqnet.propose,
-                model,
-                train=True,
-                pre_nms_top_n=config.model.rpn.pre_nms_topn_train,
+                steps.propose_train, model, pre_nms_top_n=config.model.rpn.pre_nms_topn_train
             )
         )
-        self.first_stage = jax.jit(functools.partial(seqnet.first_stage, model, train=True))
+        self.first_stage = jax.jit(functools.partial(steps.first_stage_train, model))
         self.train_step = steps.make_jitted_train_step(
-            model, tx, steps.loss_weights(config.solver), self.replicated, self.data_sharding
+            model, tx, steps.loss_weights(config.solver), self.replicated
         )
         self.timings: Dict[str, list] = {}
 
@@ -141,23 +138,24 @@ class Trainer:
         t = time.perf_counter()
         dev = self.shard({"images": batch["images"], "image_sizes": batch["image_sizes"]})
         variables = state.variables
-        feat, boxes, scores = self.propose(variables, dev["images"], dev["image_sizes"])
-        rpn_t = self.host.rpn_targets(self.anchors(feat.shape[1], feat.shape[2]), batch, step)
+        boxes, scores, cache = self.propose(variables, dev["images"], dev["image_sizes"])
+        feat_hw = cache["feat"].shape[1:3]
+        rpn_t = self.host.rpn_targets(self.anchors(*feat_hw), batch, step)
         boxes, scores = jax.device_get((boxes, scores))
         t = self._t("device_propose", t)
         props, pvalid = self.host.proposals(boxes, scores)
         s1 = self.host.roi_targets(props, pvalid, batch, step, stage=1)
         t = self._t("host_nms_sample1", t)
         s1_dev = self.shard(_device_targets(s1))  # sent once: used by stage 1 and the step
-        refined, _ = self.first_stage(
-            variables, feat, s1_dev["boxes"], s1_dev["valid"], dev["image_sizes"]
+        refined, cache = self.first_stage(
+            variables, cache, s1_dev["boxes"], s1_dev["valid"], dev["image_sizes"]
         )
         refined = np.asarray(jax.device_get(refined))
         t = self._t("device_stage1", t)
         s2 = self.host.roi_targets(refined, s1["valid"], batch, step, stage=2)
         t = self._t("host_sample2", t)
         state, metrics = self.train_step(
-            state, dev, self.shard(rpn_t), s1_dev, self.shard(_device_targets(s2))
+            state, self.shard(rpn_t), s1_dev, self.shard(_device_targets(s2)), cache
         )
         metrics = jax.device_get(metrics)
         self._t("device_train_step", t)
