@@ -50,9 +50,7 @@ class SeqNetInference:
         rh = model_cfg.roi_head
         self.stage2_buckets = tuple(rh.stage2_buckets)
         self._propose = jax.jit(
-            functools.partial(
-                seqnet.propose, model, pre_nms_top_n=model_cfg.rpn.pre_nms_topn_test
-            )
+            functools.partial(seqnet.propose, model, pre_nms_top_n=model_cfg.rpn.pre_nms_topn_test)
         )
         self._first = jax.jit(functools.partial(seqnet.first_stage, model))
         self._second = jax.jit(functools.partial(seqnet.second_stage, model))

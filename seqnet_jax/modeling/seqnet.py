@@ -233,9 +233,7 @@ def rpn_top_k(model: SeqNet, logits, deltas, image_sizes, feat_hw, pre_nms_top_n
 def first_stage(model: SeqNet, variables, feat, rois, roi_valid, image_sizes):
     """Eval first-stage boxes and scores: class-1 boxes decoded w.r.t. ``rois`` with (10,10,5,5),
     clipped; ``scores`` = softmax person probability. ``(B, R, 4)`` → ``(B, R, 4), (B, R)``."""
-    logits, deltas = model.apply(
-        variables, feat, rois, roi_valid, False, method=SeqNet.box_stage
-    )
+    logits, deltas = model.apply(variables, feat, rois, roi_valid, False, method=SeqNet.box_stage)
     return first_stage_boxes(logits, deltas, rois, image_sizes)
 
 
