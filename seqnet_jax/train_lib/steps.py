@@ -140,12 +140,19 @@ def _finish(tx, state: TrainState, grads, total, losses, new_vars):
 # The reference runs one forward pass per iteration: the RPN proposals, the first-stage boxes and
 # the losses all come from the same backbone features and box-head outputs. The staged flow stops
 # on the host twice (NMS, sampling), so the stages below return, next to their outputs, the VJP of
-# what they computed (its residuals live on the device); the train step only runs the re-id head
-# forward and backward and pulls the cotangents back through those VJPs. Batch-norm running
-# statistics are threaded through the stages, each module updating them once.
+# what they computed (its residuals live on the device); the train step runs only the RPN head, the
+# re-id head and the losses forward and backward and pulls the cotangents back through those
+# VJPs. Batch-norm running statistics are threaded through the stages, each module updating them
+# once.
+
+# Parameter subtrees the first stage uses (``SeqNet.box_stage``).
+BOX_STAGE_PARAMS = ("box_head", "faster_rcnn_predictor")
+
+
 def propose_train(model: SeqNet, variables, images, image_sizes, *, pre_nms_top_n: int):
-    """Training propose: like ``seqnet.propose(train=True)`` plus, in ``cache``, the backbone's VJP
-    (w.r.t. ``params['backbone']``) and the batch statistics with the backbone's updated."""
+    """Training propose: ``seqnet.propose`` with train-mode BN, returning ``boxes, scores`` and a
+    ``cache`` with ``feat``, the backbone's VJP (w.r.t. ``params['backbone']``) and the batch
+    statistics with the backbone's updated."""
     params = variables["params"]
 
     def trunk(backbone):
@@ -170,7 +177,6 @@ def first_stage_train(model: SeqNet, variables, cache, rois, roi_valid, image_si
     ``cache`` gains the box-stage outputs, their VJP (w.r.t. its params and ``feat``) and the
     batch statistics with the box head's updated."""
     params = variables["params"]
-    keys = BOX_STAGE_PARAMS
 
     def box(sub, feat):
         p = {**params, **sub}
@@ -180,15 +186,11 @@ def first_stage_train(model: SeqNet, variables, cache, rois, roi_valid, image_si
         )
         return out, upd["batch_stats"]
 
-    sub = {k: params[k] for k in keys}
+    sub = {k: params[k] for k in BOX_STAGE_PARAMS}
     (cls1, d1), box_vjp, batch_stats = jax.vjp(box, sub, cache["feat"], has_aux=True)
     refined, _ = seqnet.first_stage_boxes(cls1, d1, rois, image_sizes)
     cache = {**cache, "cls1": cls1, "d1": d1, "box_vjp": box_vjp, "batch_stats": batch_stats}
     return refined, cache
-
-
-# Parameter subtrees the first stage uses (``SeqNet.box_stage``).
-BOX_STAGE_PARAMS = ("box_head", "faster_rcnn_predictor")
 
 
 def staged_train_step(
