@@ -472,6 +472,8 @@ def bench_inference(args, config, model, variables, batch, counter) -> dict:
 def iteration_split(trainer, state, batch: dict, rec: Samples):
     """``Trainer.iteration`` stage by stage with a sync after every device call and explicit
     transfers (the library overlaps the RPN anchor sampling with the propose call)."""
+    from seqnet_jax.train_lib.train import device_targets
+
     host = trainer.host
     t = time.perf_counter()
     step = int(state.step)
@@ -489,19 +491,19 @@ def iteration_split(trainer, state, batch: dict, rec: Samples):
     t = rec.lap("host: RPN NMS", t)
     s1 = host.roi_targets(props, pvalid, batch, step, stage=1)
     t = rec.lap("host: RoI sampling 1", t)
-    s1_boxes, s1_valid = block((trainer.shard(s1["boxes"]), trainer.shard(s1["valid"])))
+    s1_dev = block(trainer.shard(device_targets(s1)))  # sent once, as in Trainer.iteration
     t = rec.lap("h2d sampled RoIs 1", t)
     refined, cache = block(
-        trainer.first_stage(variables, cache, s1_boxes, s1_valid, dev["image_sizes"])
+        trainer.first_stage(variables, cache, s1_dev["boxes"], s1_dev["valid"], dev["image_sizes"])
     )
     t = rec.lap("device: stage1", t)
     refined = np.asarray(jax.device_get(refined))
     t = rec.lap("d2h stage1 boxes", t)
     s2 = host.roi_targets(refined, s1["valid"], batch, step, stage=2)
     t = rec.lap("host: RoI sampling 2", t)
-    targets = block((trainer.shard(rpn_t), trainer.shard(s1), trainer.shard(s2)))
+    rpn_dev, s2_dev = block((trainer.shard(rpn_t), trainer.shard(device_targets(s2))))
     t = rec.lap("h2d targets", t)
-    state, metrics = block(trainer.train_step(state, *targets, cache))
+    state, metrics = block(trainer.train_step(state, rpn_dev, s1_dev, s2_dev, cache))
     t = rec.lap("device: train step", t)
     jax.device_get(metrics)
     rec.lap("d2h metrics", t)
@@ -608,6 +610,8 @@ def fake_proposals(rng, b: int, n: int, height: int, width: int):
 def train_memory_analysis(trainer, state, batch: dict) -> dict:
     """The compiled train step's buffers (one extra compile, nothing executed; works on CPU).
     Targets come from the real host stages run on RPN-like proposals, so shapes are exact."""
+    from seqnet_jax.train_lib.train import device_targets
+
     cfg = trainer.config.model
     host = trainer.host
     h, w = (int(x) for x in batch["image_sizes"][0])
@@ -620,8 +624,8 @@ def train_memory_analysis(trainer, state, batch: dict) -> dict:
     props, pvalid = host.proposals(boxes, scores)
     s1 = host.roi_targets(props, pvalid, batch, 0, stage=1)
     s2 = host.roi_targets(s1["boxes"], s1["valid"], batch, 0, stage=2)
-    s1_boxes, s1_valid = trainer.shard(s1["boxes"]), trainer.shard(s1["valid"])
-    stage1_args = (state.variables, cache, s1_boxes, s1_valid, dev["image_sizes"])
+    s1_dev = trainer.shard(device_targets(s1))
+    stage1_args = (state.variables, cache, s1_dev["boxes"], s1_dev["valid"], dev["image_sizes"])
     out = {
         "propose": compiled_memory(
             trainer.propose, state.variables, dev["images"], dev["image_sizes"]
@@ -633,8 +637,8 @@ def train_memory_analysis(trainer, state, batch: dict) -> dict:
         trainer.train_step,
         state,
         trainer.shard(rpn_t),
-        trainer.shard(s1),
-        trainer.shard(s2),
+        s1_dev,
+        trainer.shard(device_targets(s2)),
         cache,
     )
     return out
@@ -1051,7 +1055,7 @@ def report(args, env, res) -> None:
             r = res[phase]
             rows.append(
                 (
-                    f"{phase}: jit cache entries (per shape and caller: numpy vs device arrays)",
+                    f"{phase}: jit cache entries (one per input shape)",
                     ", ".join(f"{k} {v}" for k, v in r["jit_cache_sizes"].items()),
                 )
             )

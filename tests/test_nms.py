@@ -124,12 +124,17 @@ def _assert_padded_keeps(idx, ok, boxes, scores, valid, thr, k):
         assert (idx[i, expect.size :] == -1).all() and not ok[i, expect.size :].any()
 
 
-def test_batched_nms_padded():
-    rng = np.random.default_rng(11)
-    b, n, k = 4, 700, 60
-    boxes = np.stack([_clustered(rng, n)[0] for _ in range(b)])
+def _random_batch(seed, make_boxes, b, n, valid_fraction):
+    """``(B, N, 4)`` boxes from ``make_boxes(rng, n)``, uniform scores, a random valid mask."""
+    rng = np.random.default_rng(seed)
+    boxes = np.stack([make_boxes(rng, n)[0] for _ in range(b)])
     scores = rng.uniform(size=(b, n)).astype(np.float32)
-    valid = rng.uniform(size=(b, n)) < 0.8
+    return boxes, scores, rng.uniform(size=(b, n)) < valid_fraction
+
+
+def test_batched_nms_padded():
+    b, k = 4, 60
+    boxes, scores, valid = _random_batch(11, _clustered, b, 700, 0.8)
     valid[3] = False  # an image without candidates
     idx, ok = batched_nms_padded(boxes, scores, valid, 0.7, k)
     assert idx.shape == (b, k) and idx.dtype == np.int32 and ok.dtype == bool
@@ -145,11 +150,8 @@ def test_batched_nms_padded():
 
 def test_batched_nms_in_worker_processes():
     """The training RPN NMS can run the images in spawned worker processes: same keeps."""
-    rng = np.random.default_rng(5)
-    b, n, k = 3, 3000, 500
-    boxes = np.stack([rpn_like_boxes(rng, n)[0] for _ in range(b)])
-    scores = rng.uniform(size=(b, n)).astype(np.float32)
-    valid = rng.uniform(size=(b, n)) < 0.9
+    k = 500
+    boxes, scores, valid = _random_batch(5, rpn_like_boxes, 3, 3000, 0.9)
     pool = process_pool(2)
     try:
         idx, ok = batched_nms_padded(boxes, scores, valid, 0.7, k, executor=pool)

@@ -146,7 +146,7 @@ class Trainer:
         props, pvalid = self.host.proposals(boxes, scores)
         s1 = self.host.roi_targets(props, pvalid, batch, step, stage=1)
         t = self._t("host_nms_sample1", t)
-        s1_dev = self.shard(_device_targets(s1))  # sent once: used by stage 1 and the step
+        s1_dev = self.shard(device_targets(s1))  # sent once: used by stage 1 and the step
         refined, cache = self.first_stage(
             variables, cache, s1_dev["boxes"], s1_dev["valid"], dev["image_sizes"]
         )
@@ -155,14 +155,14 @@ class Trainer:
         s2 = self.host.roi_targets(refined, s1["valid"], batch, step, stage=2)
         t = self._t("host_sample2", t)
         state, metrics = self.train_step(
-            state, self.shard(rpn_t), s1_dev, self.shard(_device_targets(s2)), cache
+            state, self.shard(rpn_t), s1_dev, self.shard(device_targets(s2)), cache
         )
         metrics = jax.device_get(metrics)
         self._t("device_train_step", t)
         return state, metrics
 
 
-def _device_targets(samples: dict) -> dict:
+def device_targets(samples: dict) -> dict:
     """The sampled-RoI arrays the device stages read (host-only bookkeeping stays behind)."""
     return {k: samples[k] for k in ("boxes", "pids", "targets", "valid")}
 
