@@ -485,7 +485,7 @@ def iteration_split(trainer, state, batch: dict, rec: Samples):
     t = rec.lap("device: propose", t)
     boxes, scores = jax.device_get((boxes, scores))
     t = rec.lap("d2h propose top-k", t)
-    rpn_t = host.rpn_targets(trainer.anchors(*cache["feat"].shape[1:3]), batch, step)
+    rpn_t = host.rpn_targets(batch, step, cache["feat"].shape[1:3])
     t = rec.lap("host: RPN anchor sampling", t)
     props, pvalid = host.proposals(boxes, scores)
     t = rec.lap("host: RPN NMS", t)
@@ -617,7 +617,7 @@ def train_memory_analysis(trainer, state, batch: dict) -> dict:
     h, w = (int(x) for x in batch["image_sizes"][0])
     dev = trainer.shard({"images": batch["images"], "image_sizes": batch["image_sizes"]})
     cache = jax.eval_shape(trainer.propose, state.variables, dev["images"], dev["image_sizes"])[2]
-    rpn_t = host.rpn_targets(trainer.anchors(*cache["feat"].shape[1:3]), batch, 0)
+    rpn_t = host.rpn_targets(batch, 0, cache["feat"].shape[1:3])
     boxes, scores = fake_proposals(
         np.random.default_rng(0), batch["images"].shape[0], cfg.rpn.pre_nms_topn_train, h, w
     )
@@ -830,19 +830,16 @@ def bench_host(args) -> dict:
 
     # samplers at batch b on a canvas of the given size
     hc, wc = canvas_for(h, w)
-    model = seqnet.SeqNet(
-        anchor_sizes=tuple(cfg.rpn.anchor_sizes), aspect_ratios=tuple(cfg.rpn.aspect_ratios)
-    )
-    anchors = seqnet.anchors_for(model, math.ceil(hc / 16), math.ceil(wc / 16))
     batch = make_batch(rng, b, h, w, 64, args.gt_boxes, 5532)
     host = HostStages(cfg, seed=0, num_threads=4)
+    anchors = host.canvas_anchors(batch)
     pb, ps = rpn_inputs(12000, b)
     props, pvalid = post.rpn_proposals(pb, ps, 0.7, 2000)
     s1d = host.roi_targets(props, pvalid, batch, 0, stage=1)
     for name, fn, inp in (
         (
             "RPN anchor sampling",
-            lambda: host.rpn_targets(anchors, batch, 0),
+            lambda: host.rpn_targets(batch, 0, (hc // 16, wc // 16)),
             f"{b}×{anchors.shape[0]} anchors, {args.gt_boxes} GT → 256",
         ),
         (

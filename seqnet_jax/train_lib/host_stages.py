@@ -15,6 +15,10 @@ import numpy as np
 from seqnet_jax.host import postprocess as post
 from seqnet_jax.host.nms import process_pool
 from seqnet_jax.host.sampling import _stack, sample_roi_targets, sample_rpn_targets
+from seqnet_jax.ops import anchors as anchor_ops
+from seqnet_jax.ops import canvas as canvas_ops
+
+FEATURE_STRIDE = 16  # feat_res4 (the RPN's single level)
 
 _RPN_TAG, _STAGE1_TAG, _STAGE2_TAG = 11, 12, 13
 
@@ -43,16 +47,41 @@ class HostStages:
         if n < 0:
             raise ValueError(f"model.rpn.nms_processes must be >= 0, got {n}")
         self.nms_pool = process_pool(n) if n > 0 else None
+        self._anchors: Dict[tuple, np.ndarray] = {}
 
     def _map(self, fn, n):
         if self.pool is None or n == 1:
             return [fn(i) for i in range(n)]
         return list(self.pool.map(fn, range(n)))
 
-    def rpn_targets(self, anchors: np.ndarray, batch: dict, step: int) -> Dict[str, np.ndarray]:
-        """Sampled anchors per image: ``indices (B, S)``, ``labels``, ``targets (B, S, 4)``,
-        ``valid``; S = model.rpn.batch_size_train."""
+    def canvas_anchors(self, batch: dict) -> np.ndarray:
+        """The reference's anchors for this training batch: the grid of its canvas (the batch's
+        largest image rounded up to 32, §2.2), ``(hc * wc * A, 4)`` in (y, x, anchor) order."""
+        hc, wc = self.canvas_feat_hw(batch)
+        key = (hc, wc)
+        if key not in self._anchors:
+            r = self.cfg.rpn
+            cell = anchor_ops.cell_anchors(tuple(r.anchor_sizes), tuple(r.aspect_ratios))
+            self._anchors[key] = anchor_ops.grid_anchors(hc, wc, FEATURE_STRIDE, cell)
+        return self._anchors[key]
+
+    @staticmethod
+    def canvas_feat_hw(batch: dict) -> tuple:
+        c = canvas_ops.canvas_sizes(batch["image_sizes"], per_image=False, xp=np)[0]
+        return int(c[0]) // FEATURE_STRIDE, int(c[1]) // FEATURE_STRIDE
+
+    def rpn_targets(self, batch: dict, step: int, feat_hw: tuple) -> Dict[str, np.ndarray]:
+        """Sampled anchors per image: ``indices (B, S)`` into the ``feat_hw`` (bucket) grid's
+        anchors, ``labels``, ``targets (B, S, 4)``, ``valid``; S = model.rpn.batch_size_train.
+
+        Matching and sampling run over the reference's anchor set (the canvas grid, see
+        :meth:`canvas_anchors`), in its order; the indices are then mapped into the bucket grid.
+        """
         r = self.cfg.rpn
+        anchors = self.canvas_anchors(batch)
+        hc, wc = self.canvas_feat_hw(batch)
+        if hc > feat_hw[0] or wc > feat_hw[1]:
+            raise ValueError(f"canvas grid {hc}x{wc} larger than the feature map {feat_hw}")
 
         def one(i):
             return sample_rpn_targets(
@@ -67,6 +96,10 @@ class HostStages:
             )
 
         out = _stack(self._map(one, batch["boxes"].shape[0]))
+        num_anchors = len(r.anchor_sizes) * len(r.aspect_ratios)
+        out["indices"] = canvas_ops.anchor_index_to_grid(
+            out["indices"], wc, int(feat_hw[1]), num_anchors
+        ).astype(np.int32)
         out["targets"] = _finite_targets(out["targets"], out["valid"] & (out["labels"] > 0))
         return out
 

@@ -103,7 +103,6 @@ class Trainer:
         self.replicated = NamedSharding(self.mesh, P())
         self.data_sharding = NamedSharding(self.mesh, P("data"))
         self.host = HostStages(config.model, config.seed, config.data.num_workers)
-        self._anchors: Dict[tuple, np.ndarray] = {}
         self.propose = jax.jit(
             functools.partial(
                 steps.propose_train, model, pre_nms_top_n=config.model.rpn.pre_nms_topn_train
@@ -117,12 +116,6 @@ class Trainer:
 
     def num_compilations(self) -> int:
         return int(sum(f._cache_size() for f in (self.propose, self.first_stage, self.train_step)))
-
-    def anchors(self, feat_h: int, feat_w: int) -> np.ndarray:
-        key = (feat_h, feat_w)
-        if key not in self._anchors:
-            self._anchors[key] = seqnet.anchors_for(self.model, feat_h, feat_w)
-        return self._anchors[key]
 
     def shard(self, tree):
         return jax.device_put(tree, self.data_sharding)
@@ -140,7 +133,7 @@ class Trainer:
         variables = state.variables
         boxes, scores, cache = self.propose(variables, dev["images"], dev["image_sizes"])
         feat_hw = cache["feat"].shape[1:3]
-        rpn_t = self.host.rpn_targets(self.anchors(*feat_hw), batch, step)
+        rpn_t = self.host.rpn_targets(batch, step, feat_hw)
         boxes, scores = jax.device_get((boxes, scores))
         t = self._t("device_propose", t)
         props, pvalid = self.host.proposals(boxes, scores)
