@@ -2,6 +2,11 @@
 
 Layout: ``WORKDIR/checkpoints/<step>/{state,meta}``. Saves are atomic (orbax writes to a temporary
 folder and renames), so an interrupted save never replaces the last good checkpoint.
+
+Training restores the whole train state (:meth:`Checkpointer.restore`); loading a model for
+inference (``seqnet_jax.model_loading``) reads a step's array shapes first
+(:meth:`Checkpointer.state_metadata`) and restores the state into a target built from them
+(:meth:`Checkpointer.restore_state_tree`), so no train state of the config has to be built.
 """
 
 from __future__ import annotations
@@ -59,6 +64,27 @@ class Checkpointer:
             ),
         )
         return out["state"], dict(out["meta"]), int(step)
+
+    def step_directory(self, step: int) -> str:
+        """``DIRECTORY/<step>``."""
+        return os.path.join(self.directory, str(int(step)))
+
+    def state_metadata(self, step: int) -> Any:
+        """The saved train state's tree of step ``step`` with array metadata (shape, dtype) as
+        leaves; no array is read."""
+        path = os.path.join(self.step_directory(step), "state")
+        return ocp.StandardCheckpointer().metadata(path).item_metadata
+
+    def restore_state_tree(self, step: int, target: Any) -> Any:
+        """The saved train state of step ``step`` as a plain tree (dicts), restored into
+        ``target`` (a tree of ``jax.ShapeDtypeStruct``, e.g. from :meth:`state_metadata`)."""
+        path = os.path.join(self.step_directory(step), "state")
+        return ocp.StandardCheckpointer().restore(path, target)
+
+    def restore_meta(self, step: int) -> dict:
+        """The JSON metadata saved with step ``step`` (loader position, ``num_pids``, ...)."""
+        out = self.manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"])
 
     def close(self) -> None:
         self.manager.close()

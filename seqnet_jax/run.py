@@ -1,46 +1,25 @@
-"""What ``main.py`` runs: train, train and evaluate, or evaluate a checkpoint."""
+"""What ``main.py`` runs: train, train and evaluate, evaluate a checkpoint, or search."""
 
 from __future__ import annotations
-
-import os
 
 import jax
 from absl import logging
 
-from seqnet_jax import checkpoints as ckpt_lib
 from seqnet_jax import evaluate as eval_lib
+from seqnet_jax import model_loading
 from seqnet_jax.data import build_dataset
-from seqnet_jax.modeling import seqnet
 from seqnet_jax.train_lib import train as train_lib
 
 MODES = ("train_and_eval", "train", "eval", "search")
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
-    """Evaluation only: restore the requested (or latest) checkpoint of ``workdir`` — or import a
-    reference PyTorch checkpoint (``init.reference_checkpoint``) — and evaluate it."""
+    """Evaluation only: the weights ``model_loading.load_model`` finds for ``config`` (the
+    requested or latest checkpoint of ``workdir``, or a reference ``.pth``/``.npz`` named by
+    ``init.reference_checkpoint``), evaluated on the config's dataset."""
+    loaded = model_loading.load_model(config, workdir)  # before the dataset: fails fast
     dataset = build_dataset(config)
-    num_pids = train_lib.num_pids_from(config, dataset)
-    model = seqnet.build_model(config.model, num_pids)
-    if config.init.reference_checkpoint:
-        from seqnet_jax.weights import load_reference_checkpoint
-
-        variables = seqnet.init_variables(model, jax.random.PRNGKey(config.seed))
-        variables = load_reference_checkpoint(variables, config.init.reference_checkpoint)
-        checkpoint_id = "reference_" + os.path.basename(config.init.reference_checkpoint)
-    else:
-        ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
-        step = int(config.eval.checkpoint) if config.eval.checkpoint else None
-        if ckpt.latest_step() is None:
-            raise FileNotFoundError(
-                f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first, or set "
-                "--config.init.reference_checkpoint=PATH to evaluate a released PyTorch model"
-            )
-        target = train_lib.abstract_train_state(config, model)
-        state, _, step = ckpt.restore(target, step)
-        variables = state.variables
-        checkpoint_id = f"step{step}"
-    return eval_lib.evaluate(config, workdir, model, variables, dataset, checkpoint_id)
+    return eval_lib.evaluate(config, workdir, loaded.model, loaded.variables, dataset, loaded.name)
 
 
 def run(config, workdir: str) -> dict:

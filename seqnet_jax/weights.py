@@ -23,7 +23,8 @@ same flat key → array dict are read with numpy; convert once with::
     python -m seqnet_jax.weights convert resnet50-0676ba61.pth resnet50.npz
     python -m seqnet_jax.weights convert epoch_19.pth seqnet_cuhk_epoch19.npz
 
-and turn a reference checkpoint into an orbax checkpoint of this code base with::
+and turn a reference checkpoint into an orbax checkpoint of this code base with (the command
+line is :mod:`seqnet_jax.weights_cli`)::
 
     python -m seqnet_jax.weights to_orbax --config configs/cuhk.py --workdir runs/cuhk_ref \\
         --config.init.reference_checkpoint=epoch_19.pth
@@ -630,71 +631,6 @@ def export_reference_state_dict(
     return out
 
 
-# -- orbax conversion -----------------------------------------------------------------------------
-def convert_reference_to_orbax(
-    config, checkpoint: Union[str, os.PathLike, Mapping], workdir: str
-) -> Dict[str, Any]:
-    """Import a reference checkpoint and save it as step 0 of ``WORKDIR/checkpoints`` (orbax).
-
-    The model is built from ``config.model``; the OIM lookup-table size is
-    ``config.model.oim.lut_size`` or, if that is -1, the checkpoint's. Afterwards
-    ``python main.py --config ... --workdir WORKDIR --config.eval.mode=eval`` (with the returned
-    ``overrides``) evaluates it. Returns ``{'directory', 'step', 'num_pids', 'overrides'}``.
-    """
-    import jax
-
-    from seqnet_jax import checkpoints as ckpt_lib
-    from seqnet_jax.modeling import seqnet
-    from seqnet_jax.train_lib import train as train_lib
-
-    if isinstance(checkpoint, Mapping):
-        sd, extras, src = read_state_dict(checkpoint), {}, "<state dict>"
-    else:
-        sd, extras = read_checkpoint_file(checkpoint)
-        src = os.path.abspath(os.fspath(checkpoint))
-    lut = sd.get(OIM_KEYS[0])
-    num_pids = int(config.model.oim.lut_size)
-    if num_pids <= 0:
-        if lut is None:
-            raise ValueError(f"{src} has no {OIM_KEYS[0]}: set --config.model.oim.lut_size")
-        num_pids = int(lut.shape[0])
-    directory = os.path.join(workdir, "checkpoints")
-    ckpt = ckpt_lib.Checkpointer(directory, max_to_keep=max(int(config.keep_checkpoints), 1))
-    try:
-        if ckpt.latest_step() is not None:
-            raise FileExistsError(
-                f"{directory} already holds checkpoints (latest step {ckpt.latest_step()}); "
-                "convert into an empty workdir"
-            )
-        cfg = config.copy_and_resolve_references()
-        cfg.init.imagenet_weights = ""  # the checkpoint overwrites every trained weight anyway
-        model = seqnet.build_model(cfg.model, num_pids)
-        state, _ = train_lib.create_train_state(cfg, model, 1, jax.random.PRNGKey(cfg.seed))
-        variables, report = import_reference_state_dict(state.variables, sd)
-        log = logging.warning if (report.missing or report.unused) else logging.info
-        log("reference checkpoint %s: %s", src, report.summary())
-        state = state.replace(
-            params=variables["params"],
-            batch_stats=variables["batch_stats"],
-            oim_state=variables["oim_state"],
-        )
-        meta = {
-            "loader": {"epoch": 0, "position": 0},
-            "step": 0,
-            "num_pids": num_pids,
-            "reference_checkpoint": src,
-            "reference_epoch": extras.get("epoch"),
-        }
-        ckpt.save(0, state, meta)
-    finally:
-        ckpt.close()
-    overrides = [f"--config.model.oim.lut_size={num_pids}"]
-    cq = sd.get(OIM_KEYS[1])
-    if cq is not None and int(cq.shape[0]) != int(config.model.oim.cq_size):
-        overrides.append(f"--config.model.oim.cq_size={int(cq.shape[0])}")
-    return {"directory": directory, "step": 0, "num_pids": num_pids, "overrides": overrides}
-
-
 # -- command line ---------------------------------------------------------------------------------
 def convert_file(src: str, dst: str) -> int:
     """``.pth`` → ``.npz`` (the flat model state dict); returns the number of tensors."""
@@ -705,57 +641,10 @@ def convert_file(src: str, dst: str) -> int:
     return len(sd)
 
 
-_USAGE = """usage:
-  python -m seqnet_jax.weights convert IN.pth OUT.npz
-      torch checkpoint / state dict (torchvision ResNet or reference SeqNet) -> numpy .npz
-  python -m seqnet_jax.weights to_orbax --config configs/cuhk.py --workdir DIR \\
-      --config.init.reference_checkpoint=IN.pth [--config.model.oim.lut_size=N ...]
-      reference SeqNet checkpoint -> orbax checkpoint (step 0) in DIR/checkpoints
-"""
-
-
-def _to_orbax_main(argv: List[str]) -> None:  # pragma: no cover - thin absl wrapper
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    sys.path.insert(0, os.getcwd())  # configs/*.py import 'configs.default'
-    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Workdir to create the orbax checkpoint in.")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def main(args):
-        if len(args) > 1:
-            raise app.UsageError(f"unexpected arguments: {args[1:]}")
-        logging.set_verbosity(logging.INFO)
-        cfg = flags.FLAGS.config
-        if not cfg.init.reference_checkpoint:
-            raise app.UsageError("set --config.init.reference_checkpoint=PATH")
-        res = convert_reference_to_orbax(cfg, cfg.init.reference_checkpoint, flags.FLAGS.workdir)
-        cfg_file = config_flags.get_config_filename(flags.FLAGS["config"])
-        print(
-            f"saved step {res['step']} in {res['directory']}; evaluate with:\n  python main.py "
-            f"--config {cfg_file} --workdir {flags.FLAGS.workdir} --config.eval.mode=eval "
-            + " ".join(res["overrides"])
-        )
-
-    app.run(main, argv=[argv[0]] + argv[2:])
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    if len(argv) >= 2 and argv[1] == "convert":
-        if len(argv) != 4:
-            print(_USAGE, file=sys.stderr)
-            return 2
-        n = convert_file(argv[2], argv[3])
-        print(f"wrote {n} tensors to {argv[3]}")
-        return 0
-    if len(argv) >= 2 and argv[1] in ("to_orbax", "to-orbax"):
-        _to_orbax_main(argv)
-        return 0
-    print(_USAGE, file=sys.stderr)
-    return 2
-
-
 if __name__ == "__main__":
+    # ``python -m seqnet_jax.weights ...``: the command line (convert, to_orbax) is in
+    # seqnet_jax.weights_cli, which needs the model loader and the train state; both import this
+    # module, so it must not import them.
+    from seqnet_jax.weights_cli import main
+
     sys.exit(main())

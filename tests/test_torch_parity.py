@@ -27,6 +27,7 @@ torchvision = pytest.importorskip("torchvision")
 from torch import nn  # noqa: E402
 
 from seqnet_jax import weights as W  # noqa: E402
+from seqnet_jax import weights_cli  # noqa: E402
 from seqnet_jax.modeling import seqnet  # noqa: E402
 from seqnet_jax.modeling.backbone import Backbone, Res5Head  # noqa: E402
 from seqnet_jax.modeling.heads import (  # noqa: E402
@@ -312,7 +313,7 @@ def test_imagenet_resnet50_into_stem_and_heads(tmp_path):
     v = W.load_imagenet_into(template, str(path), default.get_config().model)
     # the .npz conversion gives the same variables
     npz = tmp_path / "resnet50-random.npz"
-    assert W.main(["weights", "convert", str(path), str(npz)]) == 0
+    assert weights_cli.main(["weights", "convert", str(path), str(npz)]) == 0
     v2 = W.load_imagenet_into(template, str(npz))
     for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(v2), strict=True):
         np.testing.assert_array_equal(a, b)

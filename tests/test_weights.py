@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from seqnet_jax import weights as W
+from seqnet_jax import weights_cli
 from seqnet_jax.modeling import seqnet
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "spec"
@@ -294,14 +295,15 @@ def test_convert_cli_npz(tmp_path, ref_sd):
     src, dst = tmp_path / "a.npz", tmp_path / "b.npz"
     small = {k: ref_sd[k] for k in list(ref_sd)[:20]}
     np.savez(src, **small)
-    assert W.main(["weights", "convert", str(src), str(dst)]) == 0
+    assert weights_cli.main(["weights", "convert", str(src), str(dst)]) == 0
     with np.load(dst) as z:
         assert sorted(z.files) == sorted(small)
-    assert W.main(["weights"]) == 2
+    assert weights_cli.main(["weights"]) == 2
 
 
 def test_convert_reference_to_orbax_restores_like_eval(tmp_path):
-    """A converted checkpoint restores through the path ``run.evaluate_checkpoint`` takes."""
+    """A converted checkpoint restores as the train state training resumes from (evaluation's
+    loader is checked in ``test_model_loading.py``)."""
     from configs import synthetic
     from seqnet_jax import checkpoints as ckpt_lib
     from seqnet_jax.train_lib import train as train_lib
@@ -318,10 +320,10 @@ def test_convert_reference_to_orbax_restores_like_eval(tmp_path):
     rng = np.random.default_rng(1)
     src = jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(x.dtype), template(**kw))
     sd = W.export_reference_state_dict(src, include_num_batches_tracked=True)
-    res = W.convert_reference_to_orbax(config, {"model": sd}, str(tmp_path))
+    res = weights_cli.convert_reference_to_orbax(config, {"model": sd}, str(tmp_path))
     assert res["num_pids"] == 37 and res["overrides"] == ["--config.model.oim.lut_size=37"]
     with pytest.raises(FileExistsError):
-        W.convert_reference_to_orbax(config, sd, str(tmp_path))
+        weights_cli.convert_reference_to_orbax(config, sd, str(tmp_path))
 
     model = seqnet.build_model(config.model, 37)
     state, _ = train_lib.create_train_state(config, model, 1, jax.random.PRNGKey(config.seed))
