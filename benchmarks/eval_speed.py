@@ -148,7 +148,7 @@ def make_problem(
     inputs = dict(
         gallery_dets=dets,
         gallery_feats=feats,
-        query_feats=np.stack(qfeats).astype(np.float32),
+        query_box_feats=np.stack(qfeats).astype(np.float32),
         query_context_dets=ctx_dets,
         query_context_feats=ctx_feats,
     )
@@ -194,7 +194,7 @@ def main() -> None:
         dataset.queries,
         inputs["gallery_dets"],
         inputs["gallery_feats"],
-        inputs["query_feats"],
+        inputs["query_box_feats"],
         query_context_dets=inputs["query_context_dets"],
         query_context_feats=inputs["query_context_feats"],
     )

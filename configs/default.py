@@ -99,8 +99,8 @@ def get_config() -> ml_collections.ConfigDict:
     e.period = 1  # evaluate every N epochs (and after the last); 0 = only after the last
     e.use_gt = False  # gallery features from GT boxes (upper bound)
     e.use_cbgm = True  # report with and without CBGM
-    e.cbgm_k1 = 10  # CBGM: top-k1 gallery detections considered (10 CUHK-SYSU, 30 PRW)
-    e.cbgm_k2 = 3  # CBGM: query-image context detections (3 CUHK-SYSU, 4 PRW)
+    e.cbgm_k1 = -1  # CBGM: top-k1 gallery detections (-1: the dataset's, CUHK-SYSU 10, PRW 30)
+    e.cbgm_k2 = -1  # CBGM: query-image context detections (-1: the dataset's, CUHK-SYSU 3, PRW 4)
     e.checkpoint = ""  # eval mode: checkpoint step dir or '' = latest in workdir
     e.max_queries = -1  # evaluate only the first N queries (-1 = all)
 

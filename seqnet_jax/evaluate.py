@@ -63,9 +63,10 @@ def extract_features(
 ) -> dict:
     """Runs the model over the gallery and the queries.
 
-    Returns ``gallery_dets`` (list of (N_i, 5) x1,y1,x2,y2,score, original coordinates),
-    ``gallery_feats`` (list of (N_i, D), CWS-scaled), ``query_feats`` (Q, D) unit,
-    ``query_context_dets`` / ``query_context_feats`` (query-as-gallery pass, for CBGM).
+    Returns the keyword arguments of ``evaluation.evaluate_all``: ``gallery_dets`` (list of
+    (N_i, 5) x1,y1,x2,y2,score, original coordinates), ``gallery_feats`` (list of (N_i, D),
+    CWS-scaled), ``query_box_feats`` (Q, D) unit, ``query_context_dets`` /
+    ``query_context_feats`` (query-as-gallery pass, for CBGM).
     """
     dim = inference.model.emb_dim
     n_gal = len(dataset.gallery)
@@ -97,7 +98,7 @@ def extract_features(
 
     q_items = query_items(dataset, queries)
     nq = len(q_items)
-    query_feats = np.zeros((nq, dim), np.float32)
+    query_box_feats = np.zeros((nq, dim), np.float32)
     ctx_dets, ctx_feats = [None] * nq, [None] * nq
     loader = _loader(config, dataset, q_items, "query")
     t0 = time.time()
@@ -107,7 +108,7 @@ def extract_features(
         for j, idx in enumerate(batch["index"]):
             if not batch["image_valid"][j]:
                 continue
-            query_feats[idx] = emb[j, 0]
+            query_box_feats[idx] = emb[j, 0]
             if ctx is not None:
                 ctx_dets[idx] = np.concatenate([ctx[j].boxes, ctx[j].scores[:, None]], 1)
                 ctx_feats[idx] = ctx[j].embeddings
@@ -115,7 +116,7 @@ def extract_features(
     return {
         "gallery_dets": gallery_dets,
         "gallery_feats": gallery_feats,
-        "query_feats": query_feats,
+        "query_box_feats": query_box_feats,
         "query_context_dets": ctx_dets if need_context else None,
         "query_context_feats": ctx_feats if need_context else None,
     }
@@ -163,6 +164,8 @@ def _load_features(path: str) -> dict:
             out[k] = np.split(z[k], np.cumsum(lens)[:-1]) if len(lens) else []
         else:
             out[k] = z[k]
+    if "query_feats" in out:  # a cache written before the rename to query_box_feats
+        out["query_box_feats"] = out.pop("query_feats")
     return out
 
 
@@ -200,16 +203,13 @@ def evaluate(
         )
         _save_features(path, feats)
     t0 = time.time()
+    e = config.eval
     results = evaluator.evaluate_all(
         dataset,
-        feats["gallery_dets"],
-        feats["gallery_feats"],
-        feats["query_feats"],
-        feats["query_context_dets"],
-        feats["query_context_feats"],
-        cbgm_k1=config.eval.cbgm_k1,
-        cbgm_k2=config.eval.cbgm_k2,
-        use_cbgm_variants=(False, True) if config.eval.use_cbgm else (False,),
+        **feats,
+        cbgm_k1=int(e.cbgm_k1) if e.cbgm_k1 > 0 else None,  # None: the dataset's
+        cbgm_k2=int(e.cbgm_k2) if e.cbgm_k2 > 0 else None,
+        use_cbgm_variants=(False, True) if e.use_cbgm else (False,),
         queries=queries,
     )
     logging.info("metrics computed in %.1f s", time.time() - t0)

@@ -94,6 +94,15 @@ def test_protocols(fake, ds):
     assert full.gallery_indices is None and full.gt_boxes is None
 
 
+def test_protocol_names_and_cbgm_defaults_are_the_references(ds):
+    from seqnet_jax.data import cuhk_sysu
+
+    assert ds.protocol_names == [cuhk_sysu.TESTG50, cuhk_sysu.TESTG100, FULL_PROTOCOL_NAME]
+    assert cuhk_sysu.protocol_name(4000) == "TestG4000" and cuhk_sysu.TESTG100 == "TestG100"
+    assert set(ds.protocol_names) <= set(cuhk_sysu.PROTOCOL_NAMES)
+    assert (ds.cbgm_k1, ds.cbgm_k2) == (cuhk_sysu.CBGM_K1, cuhk_sysu.CBGM_K2) == (10, 3)
+
+
 def test_query_person_labeled_in_gallery(ds):
     """The test id sits on the query box and on every positive gallery box (TestG50)."""
     gallery_by_name = {a.name: a for a in ds.gallery}

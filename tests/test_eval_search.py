@@ -443,9 +443,9 @@ def test_bad_inputs():
     bad[0, 4] = np.nan
     with pytest.raises(ValueError, match=r"image 0 \(a\): detections .* NaN"):
         eval_search(proto, gallery, q, [bad, dets[1]], feats, qf)
-    with pytest.raises(ValueError, match="query_feats must be"):
+    with pytest.raises(ValueError, match="query_box_feats must be"):
         eval_search(proto, gallery, q, dets, feats, np.zeros((2, 2), "f4"))
-    with pytest.raises(ValueError, match="query_feats of query 0"):
+    with pytest.raises(ValueError, match="query_box_feats of query 0"):
         eval_search(proto, gallery, q, dets, feats, qf * np.nan)
     with pytest.raises(ValueError, match="feature dim 3"):
         eval_search(proto, gallery, q, dets, feats, np.zeros((1, 3), "f4"))
@@ -482,7 +482,7 @@ def _dataset(seed=0, sizes=(5, 8)):
     inputs = dict(
         gallery_dets=p["dets"],
         gallery_feats=p["feats"],
-        query_feats=p["qfeats"],
+        query_box_feats=p["qfeats"],
         query_context_dets=p["ctx_dets"],
         query_context_feats=p["ctx_feats"],
     )
@@ -520,7 +520,7 @@ def test_evaluate_all_query_subset_and_single_size_plot(tmp_path, caplog):
         ds,
         inputs["gallery_dets"],
         inputs["gallery_feats"],
-        inputs["query_feats"][:3],
+        inputs["query_box_feats"][:3],
         use_cbgm_variants=(False, True),  # no context given: CBGM skipped with a warning
         queries=ds.queries[:3],
     )
@@ -538,6 +538,76 @@ def test_evaluate_all_count_mismatch():
     inputs["gallery_dets"] = inputs["gallery_dets"][:-1]
     with pytest.raises(ValueError, match="images"):
         evaluator.evaluate_all(ds, **inputs)
+
+
+def test_evaluate_all_takes_cbgm_k1_k2_from_the_dataset():
+    ds, inputs = _dataset(sizes=(8,))
+    ds.cbgm_k1, ds.cbgm_k2 = 4, 2
+    default = evaluator.evaluate_all(ds, **inputs)
+    given = evaluator.evaluate_all(ds, **inputs, cbgm_k1=4, cbgm_k2=2)
+    assert json.dumps(default) == json.dumps(given)
+    assert [(r["k1"], r["k2"]) for r in default["search"] if r["cbgm"]] == [(4, 2), (4, 2)]
+    other = evaluator.evaluate_all(ds, **inputs, cbgm_k1=10, cbgm_k2=3)
+    assert (other["TestG8", True]["k1"], other["TestG8", True]["k2"]) == (10, 3)
+    # A dataset that sets nothing gets the reference's eval_search_cuhk defaults.
+    plain = PersonSearchDataset("toy", [], ds.gallery, ds.queries, ds.protocols, 0)
+    assert (plain.cbgm_k1, plain.cbgm_k2) == (10, 3)
+    assert json.dumps(evaluator.evaluate_all(plain, **inputs)) == json.dumps(other)
+
+
+def test_results_are_indexed_by_protocol_and_cbgm(tmp_path):
+    ds, inputs = _dataset()
+    res = evaluator.evaluate_all(ds, **inputs, cbgm_k1=10, cbgm_k2=3)
+    assert isinstance(res, evaluator.EvaluationResults) and isinstance(res, dict)
+    assert res.protocols == ds.protocol_names == ["TestG5", "TestG8", "TestG-full"]
+    assert res.variants == [(n, c) for n in res.protocols for c in (False, True)]
+    for i, (name, cbgm) in enumerate(res.variants):
+        row = res[name, cbgm]
+        assert row is res["search"][i] and (row["protocol"], row["cbgm"]) == (name, cbgm)
+        assert res.search_result(name, cbgm=cbgm) is row
+    assert res.search_result(ds.protocols[1], cbgm=True) is res["TestG8", True]
+    assert ("TestG-full", True) in res and ("TestG9", False) not in res and "detection" in res
+    assert res.get(("TestG9", False)) is None and res.get("dataset") == "toy"
+    with pytest.raises(KeyError, match=r"'TestG9' without CBGM; there are \[\('TestG5', False\)"):
+        res["TestG9", False]
+    # Serialised exactly as the plain dict.
+    saved = json.load(open(evaluator.write_results(res, str(tmp_path))["results"]))
+    plain = dict(
+        res, search=[{k: v for k, v in r.items() if k != "per_query"} for r in res["search"]]
+    )
+    assert saved == json.loads(json.dumps(plain))
+
+
+def test_old_argument_name_query_feats_still_works_with_a_deprecation_warning():
+    ds, inputs = _dataset(sizes=(8,))
+    new = evaluator.evaluate_all(ds, **inputs, use_cbgm_variants=(False,))
+    old_inputs = dict(inputs)
+    old_inputs["query_feats"] = old_inputs.pop("query_box_feats")
+    with pytest.warns(DeprecationWarning, match="'query_feats' is deprecated.*'query_box_feats'"):
+        old = evaluator.evaluate_all(ds, **old_inputs, use_cbgm_variants=(False,))
+    assert json.dumps(old) == json.dumps(new)
+    with pytest.raises(TypeError, match="both 'query_feats'"):
+        evaluator.evaluate_all(ds, **inputs, query_feats=inputs["query_box_feats"])
+
+    proto, gallery, q, dets, feats, qf = _small()
+    want = eval_search(proto, gallery, q, dets, feats, query_box_feats=qf)
+    with pytest.warns(DeprecationWarning, match="eval_search.*'query_feats'"):
+        assert eval_search(proto, gallery, q, dets, feats, query_feats=qf) == want
+    with pytest.warns(DeprecationWarning, match="SearchEvaluator.__init__.*'query_feats'"):
+        ev = SearchEvaluator(gallery, q, dets, feats, query_feats=qf)
+    assert ev.evaluate([SearchConfig(proto)])[0] == want
+
+
+def test_feature_cache_written_before_the_rename_still_loads(tmp_path):
+    from seqnet_jax import evaluate as eval_lib
+
+    path = str(tmp_path / "features.npz")
+    qf = np.eye(2, 4, dtype=np.float32)
+    dets = [np.zeros((1, 5), np.float32), np.zeros((0, 5), np.float32)]
+    eval_lib._save_features(path, {"gallery_dets": dets, "query_feats": qf})  # the old key
+    feats = eval_lib._load_features(path)
+    np.testing.assert_array_equal(feats["query_box_feats"], qf)
+    assert "query_feats" not in feats and [len(d) for d in feats["gallery_dets"]] == [1, 0]
 
 
 def test_gt_detections():

@@ -109,6 +109,13 @@ def test_protocols(ds):
     assert all(p.gallery_indices is None and p.gt_boxes is None for p in ds.protocols)
 
 
+def test_protocol_names_and_cbgm_defaults_are_the_references(ds):
+    from seqnet_jax.data import prw
+
+    assert ds.protocol_names == list(prw.PROTOCOL_NAMES) == [prw.PROTOCOL, prw.MULTIVIEW_PROTOCOL]
+    assert (ds.cbgm_k1, ds.cbgm_k2) == (prw.CBGM_K1, prw.CBGM_K2) == (30, 4)  # eval_search_prw
+
+
 @pytest.mark.parametrize("rel", ["query_info.txt", "frame_test.mat", "frame_train.mat", "frames"])
 def test_missing_file_names_path_and_download(tmp_path, rel):
     fake = write_fake_prw(tmp_path / "p")

@@ -156,6 +156,15 @@ def test_protocols(ds):
         assert set(b) <= set(a)
 
 
+def test_protocol_names_and_cbgm_defaults(ds):
+    from seqnet_jax.data import synthetic
+
+    assert (
+        ds.protocol_names == ["TestG10", "TestG6"] == [synthetic.protocol_name(s) for s in (10, 6)]
+    )
+    assert (ds.cbgm_k1, ds.cbgm_k2) == (synthetic.CBGM_K1, synthetic.CBGM_K2) == (10, 3)
+
+
 def test_speed_sanity():
     ds = make_synthetic_dataset(seed=1, **SMALL)
     r = ds.load_image

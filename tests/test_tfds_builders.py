@@ -93,6 +93,7 @@ def test_dataset_with_protocols_round_trips(prepared):
     assert [(p.name, p.gallery_size, p.rule) for p in ds.protocols] == [
         (p.name, p.gallery_size, p.rule) for p in ref.protocols
     ]
+    assert (ds.cbgm_k1, ds.cbgm_k2) == (ref.cbgm_k1, ref.cbgm_k2)  # the reader's, by dataset
     for got, want in zip(ds.protocols, ref.protocols, strict=True):
         assert (got.gallery_indices is None) == (want.gallery_indices is None)
         if want.gallery_indices is not None:

@@ -59,7 +59,21 @@ logger = logging.getLogger(__name__)
 
 DATASET_NAME = "CUHK-SYSU"
 GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
-FULL_PROTOCOL_NAME = "TestG-full"
+
+
+def protocol_name(gallery_size: int) -> str:
+    """``"TestG{N}"``: the protocol of gallery size ``N`` (read from ``TestG{N}.mat``)."""
+    return f"TestG{int(gallery_size)}"
+
+
+# Protocol names (SearchProtocol.name) of this dataset.
+TESTG50 = protocol_name(50)  # always present: every image of each query person, 50-image galleries
+TESTG100 = protocol_name(100)  # the gallery size the paper and the reference report
+FULL_PROTOCOL_NAME = "TestG-full"  # every other gallery image (gallery_size -1)
+PROTOCOL_NAMES = tuple(protocol_name(s) for s in GALLERY_SIZES) + (FULL_PROTOCOL_NAME,)
+# CBGM parameters of the reference for this dataset (eval_search_cuhk: k1 = 10, k2 = 3).
+CBGM_K1 = 10
+CBGM_K2 = 3
 DOWNLOAD_HINT = (
     "Download the official CUHK-SYSU person search dataset (the archive linked from the authors' "
     "page http://www.ee.cuhk.edu.hk/~xgwang/PS/dataset.html, also linked in the OIM / SeqNet "
@@ -70,12 +84,18 @@ _MARKERS = ("Image/SSM", "annotation/Images.mat")
 _PROTO_DIR = Path("annotation/test/train_test")
 
 __all__ = [
+    "CBGM_K1",
+    "CBGM_K2",
     "DATASET_NAME",
     "DOWNLOAD_HINT",
     "FULL_PROTOCOL_NAME",
     "GALLERY_SIZES",
     "ImageReadError",
+    "PROTOCOL_NAMES",
+    "TESTG100",
+    "TESTG50",
     "load_cuhk_sysu",
+    "protocol_name",
     "read_cuhk_sysu",
 ]
 
@@ -358,6 +378,8 @@ def read_cuhk_sysu(
         num_train_pids=len(pid_map),
         load_image=ru.FolderImageLoader(image_dir),
         stats=stats,
+        cbgm_k1=CBGM_K1,
+        cbgm_k2=CBGM_K2,
     )
 
 
@@ -409,4 +431,4 @@ def _explicit_protocol(
                 gts.append(nan_row)
         indices_out.append(np.asarray(idx, np.int32))
         gt_out.append(np.stack(gts).astype(np.float32) if gts else np.zeros((0, 4), np.float32))
-    return SearchProtocol(f"TestG{size}", size, indices_out, gt_out, rule="explicit")
+    return SearchProtocol(protocol_name(size), size, indices_out, gt_out, rule="explicit")

@@ -53,6 +53,13 @@ from seqnet_jax.data.types import (
 logger = logging.getLogger(__name__)
 
 DATASET_NAME = "PRW"
+# Protocol names (SearchProtocol.name) of this dataset.
+PROTOCOL = "PRW"  # every other test frame is gallery (the reported setting)
+MULTIVIEW_PROTOCOL = "PRW-multiview"  # only frames of other cameras
+PROTOCOL_NAMES = (PROTOCOL, MULTIVIEW_PROTOCOL)
+# CBGM parameters of the reference for this dataset (eval_search_prw: k1 = 30, k2 = 4).
+CBGM_K1 = 30
+CBGM_K2 = 4
 DOWNLOAD_HINT = (
     "Download the official PRW dataset (PRW-v16.04.20, linked from "
     "https://github.com/liangzheng06/PRW-baseline and the SeqNet README) and unpack it; the "
@@ -63,7 +70,19 @@ _MARKERS = ("frames", "annotations", "frame_train.mat")
 _BOX_KEYS = ("box_new", "anno_file", "anno_previous")
 _CAM_RE = re.compile(r"c(\d)")
 
-__all__ = ["DATASET_NAME", "DOWNLOAD_HINT", "ImageReadError", "cam_id_of", "load_prw", "read_prw"]
+__all__ = [
+    "CBGM_K1",
+    "CBGM_K2",
+    "DATASET_NAME",
+    "DOWNLOAD_HINT",
+    "ImageReadError",
+    "MULTIVIEW_PROTOCOL",
+    "PROTOCOL",
+    "PROTOCOL_NAMES",
+    "cam_id_of",
+    "load_prw",
+    "read_prw",
+]
 
 ImageReadError = ru.ImageReadError
 
@@ -220,8 +239,8 @@ def read_prw(
         queries.append(Query(name, box.astype(np.float32), pid, cam_id_of(name)))
 
     protocols = [
-        SearchProtocol("PRW", -1, rule="all_but_query_frame"),
-        SearchProtocol("PRW-multiview", -1, rule="other_cameras"),
+        SearchProtocol(PROTOCOL, -1, rule="all_but_query_frame"),
+        SearchProtocol(MULTIVIEW_PROTOCOL, -1, rule="other_cameras"),
     ]
     logger.info(
         "%s: %d train frames (%d ids), %d gallery frames, %d queries; %s",
@@ -241,6 +260,8 @@ def read_prw(
         num_train_pids=len(pid_map),
         load_image=ru.FolderImageLoader(frame_dir),
         stats=stats,
+        cbgm_k1=CBGM_K1,
+        cbgm_k2=CBGM_K2,
     )
 
 

@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
+from seqnet_jax.data.cuhk_sysu import protocol_name
 from seqnet_jax.data.types import (
     UNLABELED_PID,
     ImageAnnotation,
@@ -44,11 +45,20 @@ from seqnet_jax.data.types import (
 )
 
 __all__ = [
+    "CBGM_K1",
+    "CBGM_K2",
     "Appearance",
     "SyntheticRenderer",
     "make_synthetic_dataset",
+    "protocol_name",
     "save_preview",
 ]
+
+# Protocol names: ``protocol_name(N)`` = ``"TestG{N}"`` as CUHK-SYSU's, one per gallery size
+# (``gallery_size`` first, then ``extra_gallery_sizes``). CBGM parameters: CUHK-SYSU's, whose
+# protocols the data mimics (the measured synthetic results use them).
+CBGM_K1 = 10
+CBGM_K2 = 3
 
 # --------------------------------------------------------------------------------------------
 # Palettes
@@ -1232,7 +1242,7 @@ def make_synthetic_dataset(
                 bx[k] = pid_images[q.pid][gi]
             g_idx.append(idx)
             g_boxes.append(bx)
-        protocols.append(SearchProtocol(f"TestG{size}", size, g_idx, g_boxes, "explicit"))
+        protocols.append(SearchProtocol(protocol_name(size), size, g_idx, g_boxes, "explicit"))
 
     return PersonSearchDataset(
         name=name,
@@ -1242,6 +1252,8 @@ def make_synthetic_dataset(
         protocols=protocols,
         num_train_pids=num_train_ids,
         load_image=renderer,
+        cbgm_k1=CBGM_K1,
+        cbgm_k2=CBGM_K2,
     )
 
 

@@ -187,7 +187,16 @@ def _dataset_from_arrays(header: dict, arrays) -> PersonSearchDataset:
         protocols=protocols,
         num_train_pids=header["num_train_pids"],
         stats=header.get("stats", {}),
+        **_cbgm_defaults(header["name"]),
     )
+
+
+def _cbgm_defaults(dataset_name: str) -> dict:
+    """The CBGM parameters of the dataset the reader module of that name gives."""
+    for module in (cuhk_sysu, prw):
+        if dataset_name == module.DATASET_NAME:
+            return {"cbgm_k1": module.CBGM_K1, "cbgm_k2": module.CBGM_K2}
+    return {}
 
 
 class PersonSearchMetadata(tfds.core.Metadata):

@@ -67,9 +67,23 @@ class SearchProtocol:
     rule: str = "explicit"
 
 
+# The reference's CBGM parameters when a dataset does not set its own (``eval_search_cuhk``'s
+# defaults; ``eval_search_prw`` uses 30 / 4).
+DEFAULT_CBGM_K1 = 10
+DEFAULT_CBGM_K2 = 3
+
+
 @dataclasses.dataclass
 class PersonSearchDataset:
-    """A dataset split into train images, gallery images and queries, with protocols."""
+    """A dataset split into train images, gallery images and queries, with protocols.
+
+    A dataset reader returns one of these. Besides the splits it carries what evaluating it
+    needs: its ``protocols`` (the reader module also names them as constants, e.g.
+    ``seqnet_jax.data.prw.PROTOCOL``) and the CBGM parameters its numbers are reported with
+    (``cbgm_k1`` top gallery detections whose images are re-ranked, ``cbgm_k2`` query-side
+    context people; CUHK-SYSU 10 / 3, PRW 30 / 4), which ``evaluate_all`` uses unless told
+    otherwise.
+    """
 
     name: str
     train: list  # list[ImageAnnotation]
@@ -80,3 +94,10 @@ class PersonSearchDataset:
     load_image: object = None  # callable(split: str, name: str) -> uint8 (H, W, 3) array
     # What the reader dropped / skipped / mapped (counts, raw→contiguous id list, ...): JSON-able.
     stats: dict = dataclasses.field(default_factory=dict)
+    cbgm_k1: int = DEFAULT_CBGM_K1  # CBGM: top-k1 gallery detections re-ranked (§6.4)
+    cbgm_k2: int = DEFAULT_CBGM_K2  # CBGM: query-image context detections (§6.4)
+
+    @property
+    def protocol_names(self) -> list:
+        """The names of ``protocols``, in order (e.g. ``["PRW", "PRW-multiview"]``)."""
+        return [p.name for p in self.protocols]

@@ -6,6 +6,7 @@ See ``shared/spec/seqnet_reference.md`` §6 for the reference definitions reprod
 from seqnet_jax.evaluation.cbgm import cbgm_match, cbgm_rescore
 from seqnet_jax.evaluation.detection import eval_detection
 from seqnet_jax.evaluation.evaluator import (
+    EvaluationResults,
     evaluate_all,
     format_table,
     gt_detections,
@@ -23,6 +24,7 @@ from seqnet_jax.evaluation.protocols import (
 from seqnet_jax.evaluation.search import SearchConfig, SearchEvaluator, eval_search
 
 __all__ = [
+    "EvaluationResults",
     "SearchConfig",
     "SearchEvaluator",
     "average_precision",

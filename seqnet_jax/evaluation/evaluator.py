@@ -1,5 +1,11 @@
 """One call that evaluates a dataset: detection, search for every protocol, with/without CBGM.
 
+    results = evaluate_all(dataset, gallery_dets, gallery_feats, query_box_feats,
+                           query_context_dets, query_context_feats)
+    results["TestG100", True]["mAP"]       # a search result by (protocol, CBGM on/off)
+    results["detection"]["all"]["ap"]
+
+CBGM's ``k1``/``k2`` default to the dataset's (``dataset.cbgm_k1/k2``: CUHK-SYSU 10/3, PRW 30/4).
 Also the outputs: a console table, ``results.json``, ``per_query_top10.json`` and a plot of mAP
 against gallery size (the paper's Figure 5).
 """
@@ -15,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from seqnet_jax.data.types import ImageAnnotation, PersonSearchDataset, SearchProtocol
+from seqnet_jax.evaluation.deprecation import renamed_arguments
 from seqnet_jax.evaluation.detection import eval_detection
 from seqnet_jax.evaluation.search import SearchConfig, SearchEvaluator
 
@@ -39,48 +46,108 @@ def variant_name(result: dict) -> str:
     return result["protocol"] + (" + CBGM" if result["cbgm"] else "")
 
 
+class EvaluationResults(dict):
+    """What :func:`evaluate_all` returns: the ``results.json`` dict, with look-ups by protocol.
+
+    ``results["TestG50", False]`` (or ``results.search_result("TestG50", cbgm=False)``) is the
+    search result of protocol ``TestG50`` without CBGM: ``{"mAP", "top1", "top5", "top10",
+    "protocol", "cbgm", "k1", "k2", ...}``; ``("TestG50", True) in results`` says whether it was
+    run. String keys work as on any dict (``results["detection"]["all"]["ap"]``,
+    ``results["search"]`` = every search result in run order), and it serialises as the plain
+    dict it is (``json.dump`` writes the same ``results.json``).
+    """
+
+    def search_result(self, protocol, cbgm: bool = False) -> dict:
+        """The search result of ``protocol`` (a name or a ``SearchProtocol``) with CBGM on/off.
+
+        Raises ``KeyError`` naming the ``(protocol, cbgm)`` pairs there are."""
+        name = getattr(protocol, "name", protocol)
+        for r in dict.get(self, "search", []):
+            if r["protocol"] == name and bool(r["cbgm"]) == bool(cbgm):
+                return r
+        raise KeyError(
+            f"no search result for protocol {name!r} {'with' if cbgm else 'without'} CBGM; "
+            f"there are {self.variants}"
+        )
+
+    @property
+    def protocols(self) -> list:
+        """The protocol names searched, in run order."""
+        return list(dict.fromkeys(r["protocol"] for r in dict.get(self, "search", [])))
+
+    @property
+    def variants(self) -> list:
+        """Every ``(protocol name, cbgm)`` pair searched, in run order."""
+        return [(r["protocol"], bool(r["cbgm"])) for r in dict.get(self, "search", [])]
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            return self.search_result(*key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key) -> bool:
+        if isinstance(key, tuple):
+            try:
+                self.search_result(*key)
+            except KeyError:
+                return False
+            return True
+        return super().__contains__(key)
+
+    def get(self, key, default=None):
+        if isinstance(key, tuple):
+            return self[key] if key in self else default
+        return super().get(key, default)
+
+
+@renamed_arguments(query_feats="query_box_feats")
 def evaluate_all(
     dataset: PersonSearchDataset,
     gallery_dets: Sequence,
     gallery_feats: Sequence,
-    query_feats,
+    query_box_feats,
     query_context_dets: Optional[Sequence] = None,
     query_context_feats: Optional[Sequence] = None,
-    cbgm_k1: int = 10,
-    cbgm_k2: int = 3,
+    cbgm_k1: Optional[int] = None,
+    cbgm_k2: Optional[int] = None,
     use_cbgm_variants: Sequence[bool] = (False, True),
     detection_thresh: float = 0.01,
     search_thresh: float = 0.5,
     protocols: Optional[Sequence] = None,
     record_per_query: bool = True,
     queries: Optional[Sequence] = None,
-) -> dict:
+) -> EvaluationResults:
     """Detection (all and labeled-only) and search for every protocol and CBGM variant.
 
     Args:
       dataset: the dataset (its ``gallery``, ``queries`` and ``protocols`` are used).
       gallery_dets: per gallery image ``(N_i, 5)`` ``x1, y1, x2, y2, score``.
       gallery_feats: per gallery image ``(N_i, D)`` confidence-weighted embeddings.
-      query_feats: ``(Q, D)`` unit query embeddings.
+      query_box_feats: ``(Q, D)`` unit embeddings of the query boxes (the reference's
+        ``query_box_feats``; the old name ``query_feats`` still works, deprecated).
       query_context_dets, query_context_feats: the query-as-gallery pass for CBGM (per query
-        ``(K_i, 5)`` / ``(K_i, D)``, row 0 = the query box). Without them the CBGM variants are
-        skipped with a warning.
-      cbgm_k1, cbgm_k2: CBGM parameters (10/3 CUHK-SYSU, 30/4 PRW).
+        ``(K_i, 5)`` / ``(K_i, D)``, row 0 = the query box; the reference's ``query_dets`` /
+        ``query_feats``). Without them the CBGM variants are skipped with a warning.
+      cbgm_k1, cbgm_k2: CBGM parameters; ``None``: the dataset's (``dataset.cbgm_k1/k2``:
+        CUHK-SYSU 10/3, PRW 30/4).
       use_cbgm_variants: which of CBGM off/on to run.
       detection_thresh, search_thresh: minimum detection score for the detection metrics (0.01)
         and for search (0.5).
       protocols: protocols to run (default: all of ``dataset.protocols``).
       record_per_query: keep the per-query top-10 lists.
       queries: evaluate only these queries (objects taken from ``dataset.queries``, e.g. a prefix
-        for a quick run); ``query_feats`` and the context then follow this list.
+        for a quick run); ``query_box_feats`` and the context then follow this list.
 
     Returns:
-      ``{"dataset", "num_gallery_images", "num_queries", "detection": {"all": {...},
-      "labeled_only": {...}}, "search": [result of eval_search per protocol x variant]}``.
+      An :class:`EvaluationResults` dict ``{"dataset", "num_gallery_images", "num_queries",
+      "detection": {"all": {...}, "labeled_only": {...}}, "search": [result of eval_search per
+      protocol x variant]}``; ``results[protocol_name, cbgm]`` picks one search result.
 
     Raises:
       ValueError: (from the metrics) on count mismatches, NaN values or an empty gallery.
     """
+    cbgm_k1 = int(dataset.cbgm_k1 if cbgm_k1 is None else cbgm_k1)
+    cbgm_k2 = int(dataset.cbgm_k2 if cbgm_k2 is None else cbgm_k2)
     protocols = list(dataset.protocols if protocols is None else protocols)
     if queries is None:
         queries = list(dataset.queries)
@@ -92,18 +159,20 @@ def evaluate_all(
     if True in variants and (query_context_dets is None or query_context_feats is None):
         logger.warning("no query context detections/features given: skipping the CBGM variants")
         variants = [v for v in variants if not v]
-    results = {
-        "dataset": dataset.name,
-        "num_gallery_images": len(dataset.gallery),
-        "num_queries": len(queries),
-        "detection": {
-            "all": eval_detection(dataset.gallery, gallery_dets, det_thresh=detection_thresh),
-            "labeled_only": eval_detection(
-                dataset.gallery, gallery_dets, det_thresh=detection_thresh, labeled_only=True
-            ),
-        },
-        "search": [],
-    }
+    results = EvaluationResults(
+        {
+            "dataset": dataset.name,
+            "num_gallery_images": len(dataset.gallery),
+            "num_queries": len(queries),
+            "detection": {
+                "all": eval_detection(dataset.gallery, gallery_dets, det_thresh=detection_thresh),
+                "labeled_only": eval_detection(
+                    dataset.gallery, gallery_dets, det_thresh=detection_thresh, labeled_only=True
+                ),
+            },
+            "search": [],
+        }
+    )
     configs = [SearchConfig(p, cbgm=v, k1=cbgm_k1, k2=cbgm_k2) for p in protocols for v in variants]
     if configs:
         evaluator = SearchEvaluator(
@@ -111,7 +180,7 @@ def evaluate_all(
             queries,
             gallery_dets,
             gallery_feats,
-            query_feats,
+            query_box_feats,
             det_thresh=search_thresh,
             query_context_dets=query_context_dets,
             query_context_feats=query_context_feats,

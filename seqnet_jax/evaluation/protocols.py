@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from seqnet_jax.data import prw
 from seqnet_jax.data.types import ImageAnnotation, Query, SearchProtocol
 
 RULES = ("explicit", "all_but_query_frame", "other_cameras", "full_set")
@@ -113,7 +114,7 @@ def prw_protocol(
         if missing:
             raise ValueError(f"PRW-multiview needs gallery camera ids; missing for {missing[:5]}")
     return SearchProtocol(
-        name="PRW-multiview" if multiview else "PRW",
+        name=prw.MULTIVIEW_PROTOCOL if multiview else prw.PROTOCOL,
         gallery_size=-1,
         rule="other_cameras" if multiview else "all_but_query_frame",
     )

@@ -39,6 +39,7 @@ import numpy as np
 
 from seqnet_jax.data.types import ImageAnnotation, Query, SearchProtocol
 from seqnet_jax.evaluation.cbgm import cbgm_match
+from seqnet_jax.evaluation.deprecation import renamed_arguments
 from seqnet_jax.evaluation.metrics import (
     at_least,
     average_precision_from_positives,
@@ -219,14 +220,17 @@ class SearchEvaluator:
 
     Args:
       gallery: gallery annotations.
-      queries: queries (their order matches ``query_feats`` and the protocols' per-query lists).
+      queries: queries (their order matches ``query_box_feats`` and the protocols' per-query
+        lists).
       gallery_dets: per gallery image an ``(N_i, 5)`` array ``x1, y1, x2, y2, score``.
       gallery_feats: per gallery image an ``(N_i, D)`` array (confidence-weighted embeddings).
-      query_feats: ``(Q, D)`` unit query embeddings.
+      query_box_feats: ``(Q, D)`` unit embeddings of the query boxes (the reference's
+        ``query_box_feats``; the old name ``query_feats`` still works, deprecated).
       det_thresh: gallery detections with a lower score are dropped (0.5 in the reference).
       query_context_dets: for CBGM, per query the ``(K_i, 5)`` detections of the query image from
-        the query-as-gallery pass, row 0 = the query box.
-      query_context_feats: for CBGM, per query the ``(K_i, D)`` features of those detections.
+        the query-as-gallery pass, row 0 = the query box (the reference's ``query_dets``).
+      query_context_feats: for CBGM, per query the ``(K_i, D)`` features of those detections
+        (the reference's ``query_feats``, which is why ours has another name).
       chunk_size: queries per similarity matrix product.
 
     Raises:
@@ -234,13 +238,14 @@ class SearchEvaluator:
         gallery and queries, bad shapes, NaN/inf values.
     """
 
+    @renamed_arguments(query_feats="query_box_feats")
     def __init__(
         self,
         gallery: list[ImageAnnotation],
         queries: list[Query],
         gallery_dets: Sequence,
         gallery_feats: Sequence,
-        query_feats,
+        query_box_feats,
         det_thresh: float = 0.5,
         query_context_dets: Optional[Sequence] = None,
         query_context_feats: Optional[Sequence] = None,
@@ -248,16 +253,18 @@ class SearchEvaluator:
     ):
         if len(queries) == 0:
             raise ValueError("search evaluation: there are no queries")
-        qf = np.asarray(query_feats, dtype=np.float32)
+        qf = np.asarray(query_box_feats, dtype=np.float32)
         if qf.ndim != 2 or qf.shape[0] != len(queries):
             raise ValueError(
-                f"query_feats must be (num_queries={len(queries)}, D), got shape {qf.shape}"
+                f"query_box_feats must be (num_queries={len(queries)}, D), got shape {qf.shape}"
             )
         bad = np.flatnonzero(~np.isfinite(qf).all(axis=1))
         if bad.size:
-            raise ValueError(f"query_feats of query {bad[0]} ({queries[bad[0]].name}) contain NaN")
+            raise ValueError(
+                f"query_box_feats of query {bad[0]} ({queries[bad[0]].name}) contain NaN"
+            )
         self.queries = queries
-        self.query_feats = qf
+        self.query_box_feats = qf
         self.dim = qf.shape[1]
         self.gal = _Gallery(gallery, gallery_dets, gallery_feats, self.dim, det_thresh)
         self.chunk_size = int(chunk_size)
@@ -492,7 +499,7 @@ class SearchEvaluator:
         feats_t = self.gal.feats.T
         for c0 in range(0, nq, self.chunk_size):
             c1 = min(nq, c0 + self.chunk_size)
-            sims_chunk = self.query_feats[c0:c1] @ feats_t  # (B, M)
+            sims_chunk = self.query_box_feats[c0:c1] @ feats_t  # (B, M)
             for qi in range(c0, c1):
                 sims = sims_chunk[qi - c0]
                 cache: dict = {}
@@ -544,13 +551,14 @@ class SearchEvaluator:
         return results
 
 
+@renamed_arguments(query_feats="query_box_feats")
 def eval_search(
     protocol: SearchProtocol,
     gallery: list[ImageAnnotation],
     queries: list[Query],
     gallery_dets: Sequence,
     gallery_feats: Sequence,
-    query_feats,
+    query_box_feats,
     det_thresh: float = 0.5,
     cbgm: bool = False,
     k1: int = 10,
@@ -565,12 +573,14 @@ def eval_search(
       gallery, queries: the dataset's gallery annotations and queries.
       gallery_dets: per gallery image ``(N_i, 5)`` ``x1, y1, x2, y2, score``.
       gallery_feats: per gallery image ``(N_i, D)`` (confidence-weighted) embeddings.
-      query_feats: ``(Q, D)`` unit query embeddings.
+      query_box_feats: ``(Q, D)`` unit embeddings of the query boxes (old name ``query_feats``,
+        deprecated).
       det_thresh: minimum gallery detection score (0.5).
       cbgm: apply Context Bipartite Graph Matching.
       k1, k2: CBGM's number of top gallery detections and of query-side nodes
         (10/3 for CUHK-SYSU, 30/4 for PRW).
-      query_context_dets, query_context_feats: the query-as-gallery pass, needed for CBGM.
+      query_context_dets, query_context_feats: the query-as-gallery pass, needed for CBGM (the
+        reference's ``query_dets`` / ``query_feats``).
 
     Returns:
       ``{"protocol", "gallery_size", "rule", "cbgm", "k1", "k2", "mAP", "top1", "top5", "top10",
@@ -584,7 +594,7 @@ def eval_search(
         queries,
         gallery_dets,
         gallery_feats,
-        query_feats,
+        query_box_feats,
         det_thresh=det_thresh,
         query_context_dets=query_context_dets,
         query_context_feats=query_context_feats,
