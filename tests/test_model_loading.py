@@ -1,5 +1,6 @@
 """One loader for inference weights (seqnet_jax.model_loading): orbax workdirs, reference
-``.pth`` / ``.npz`` files, the fit check; evaluation, search and ``to_orbax`` agree.
+``.pth`` / ``.npz`` files, the fit check; evaluation, search and ``to_orbax`` agree (the
+conversion test moved here from test_weights.py with ``convert_reference_to_orbax``).
 
 The checkpoints are random variables of the tiny test model (``tests/tiny.py``) exported in the
 reference's state-dict format: only shapes are computed (``jax.eval_shape``), nothing is trained.
@@ -124,9 +125,29 @@ def test_orbax_workdir_from_to_orbax_loads_the_same_for_evaluation_and_search(
     path, src = reference_npz
     config = tiny_config()
     config.init.reference_checkpoint = path
-    res = weights_cli.convert_reference_to_orbax(config, path, str(tmp_path))
-    assert res["num_pids"] == NUM_PIDS
+    with np.load(path) as z:
+        sd = {k: z[k] for k in z.files}
+    res = weights_cli.convert_reference_to_orbax(config, {"model": sd}, str(tmp_path))
+    assert res["num_pids"] == NUM_PIDS and res["overrides"] == ["--config.model.oim.lut_size=7"]
+    with pytest.raises(FileExistsError):
+        weights_cli.convert_reference_to_orbax(config, sd, str(tmp_path))
     config.init.reference_checkpoint = ""
+
+    # The converted checkpoint restores as the train state training resumes from.
+    from seqnet_jax import checkpoints
+    from seqnet_jax.train_lib import train as train_lib
+
+    model = seqnet.build_model(config.model, NUM_PIDS)
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
+    state, meta, step = ckpt.restore(train_lib.abstract_train_state(config, model))
+    ckpt.close()
+    assert step == 0 and meta["num_pids"] == NUM_PIDS
+    assert meta["loader"] == {"epoch": 0, "position": 0}
+    _assert_variables_equal(state.variables, src)
+    for name in ("lut", "cq"):
+        np.testing.assert_array_equal(
+            state.oim_state["reid_loss"][name], src["oim_state"]["reid_loss"][name]
+        )
     loaded = model_loading.load_model(config, str(tmp_path))
     assert (loaded.name, loaded.step, loaded.num_pids) == ("step0", 0, NUM_PIDS)
     assert loaded.source_id.startswith(f"orbax:{tmp_path / 'checkpoints'}:0:")
