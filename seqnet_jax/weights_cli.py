@@ -37,10 +37,12 @@ def convert_reference_to_orbax(
     ``{'directory', 'step', 'num_pids', 'overrides'}``.
     """
     import jax
+    import jax.numpy as jnp
 
     from seqnet_jax import checkpoints as ckpt_lib
     from seqnet_jax import model_loading
-    from seqnet_jax.train_lib import train as train_lib
+    from seqnet_jax.train_lib.optimizer import make_optimizer
+    from seqnet_jax.train_lib.train_state import TrainState
 
     directory = os.path.join(workdir, "checkpoints")
     ckpt = ckpt_lib.Checkpointer(directory, max_to_keep=max(int(config.keep_checkpoints), 1))
@@ -56,15 +58,18 @@ def convert_reference_to_orbax(
                 f"{loaded.source_id} has no OIM lookup table ({weights.OIM_KEYS[0]}): a train "
                 "state needs one"
             )
-        cfg = config.copy_and_resolve_references()
-        # The checkpoint overwrites every trained weight: no ImageNet or second reference import.
-        cfg.init.imagenet_weights = ""
-        cfg.init.reference_checkpoint = ""
-        state, _ = train_lib.create_train_state(cfg, loaded.model, 1, jax.random.PRNGKey(cfg.seed))
-        state = state.replace(
-            params=loaded.variables["params"],
+        # The train state around the imported weights, as train_lib.train.create_train_state
+        # builds it (same optimizer state and run key), without a random initialisation first.
+        params = loaded.variables["params"]
+        tx = make_optimizer(config.solver, params, 1)
+        _, run_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
             batch_stats=loaded.variables["batch_stats"],
             oim_state=loaded.oim_state,
+            opt_state=tx.init(params),
+            rng=run_rng,
         )
         meta = {
             "loader": {"epoch": 0, "position": 0},

@@ -1,12 +1,14 @@
 """The import graph of ``seqnet_jax``: no cycles, and every module imports on its own.
 
-The graph is read with ``ast`` from every ``.py`` file of the package: ``import`` statements
-anywhere in a module, also inside functions and methods (a function-level import that closes a
-cycle fails as soon as that function runs first in a fresh process). Importing ``a.b.c`` also
-executes the packages ``a.b`` and ``a``, so those are edges too (except a module's own parent
-packages, which Python has initialised, perhaps partially, before the module runs). Code under a
-module's ``if __name__ == "__main__":`` is the script ``python -m`` runs, in a separate module
-``__main__`` that nothing imports: its imports are edges of that script, not of the module.
+The graph is read with ``ast`` from every ``.py`` file of the package. An edge ``X -> Y`` means
+that X imports module Y somewhere: at module level or inside a function or method (a
+function-level import is still a dependency; the weights <-> train_lib.train cycle was one).
+Importing ``a.b.c`` also executes the packages ``a.b`` and ``a``, i.e. their ``__init__``'s
+import-time (module-level) imports, so X gets edges to those too; the functions of a package's
+``__init__`` (e.g. ``data.build_dataset``'s per-dataset imports) run only when called, and a
+module's own parent packages are already initialising when it runs. Code under
+``if __name__ == "__main__":`` is the script ``python -m`` runs, a separate module ``__main__``
+that nothing imports: its imports are not edges of the module.
 """
 
 from __future__ import annotations
@@ -48,14 +50,19 @@ def _is_main_guard(node: ast.AST) -> bool:
     )
 
 
-def _imported_names(tree: ast.Module, module: str, is_package: bool) -> List[str]:
-    """Absolute names imported anywhere in ``tree`` except under ``if __name__ == "__main__"``."""
-    out: List[str] = []
-    stack: List[ast.AST] = [n for n in tree.body if not _is_main_guard(n)]
+def _imported_modules(
+    tree: ast.Module, module: str, is_package: bool, modules: Set[str]
+) -> List[tuple]:
+    """``(module imported, at import time)`` for every import in ``tree`` of a module in
+    ``modules``, except under ``if __name__ == "__main__"``; ``at import time`` is False inside
+    functions. ``from pkg import name`` imports ``pkg.name`` when that is a module, else ``pkg``.
+    """
+    out: List[tuple] = []
+    stack: List[tuple] = [(n, True) for n in tree.body if not _is_main_guard(n)]
     while stack:
-        node = stack.pop()
+        node, at_import = stack.pop()
         if isinstance(node, ast.Import):
-            out += [a.name for a in node.names]
+            out += [(a.name, at_import) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base_parts = module.split(".")
@@ -65,27 +72,36 @@ def _imported_names(tree: ast.Module, module: str, is_package: bool) -> List[str
                 base = ".".join(base_parts + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
-            out.append(base)
-            out += [f"{base}.{a.name}" for a in node.names]  # ``from pkg import submodule``
-        stack.extend(ast.iter_child_nodes(node))
-    return out
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                out.append((sub if sub in modules else base, at_import))
+        inner = at_import and not isinstance(
+            node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+        )
+        stack.extend((child, inner) for child in ast.iter_child_nodes(node))
+    return [(m, now) for m, now in out if m in modules]
 
 
 def import_graph(root: Path, package: str) -> Dict[str, Set[str]]:
-    """``{module: modules of the package it imports}`` (see the module docstring)."""
+    """``{module: modules of the package it depends on}`` (see the module docstring)."""
     modules = package_modules(root, package)
-    graph: Dict[str, Set[str]] = {}
+    imports, at_import = {}, {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(), filename=str(path))
+        found = _imported_modules(tree, name, path.name == "__init__.py", set(modules))
+        imports[name] = {m for m, _ in found}
+        at_import[name] = {m for m, now in found if now}
+    graph: Dict[str, Set[str]] = {}
+    for name in modules:
         own_parents = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
-        deps: Set[str] = set()
-        for imported in _imported_names(tree, name, path.name == "__init__.py"):
-            parts = imported.split(".")
-            for i in range(1, len(parts) + 1):  # the module and every package above it
-                target = ".".join(parts[:i])
-                if target in modules and target != name and target not in own_parents:
-                    deps.add(target)
-        graph[name] = deps
+        deps = set(imports[name])
+        for target in imports[name]:
+            parts = target.split(".")
+            for i in range(1, len(parts)):  # the packages above it run their import-time imports
+                parent = ".".join(parts[:i])
+                if parent not in own_parents:
+                    deps |= at_import.get(parent, set())
+        graph[name] = deps - {name} - own_parents
     return graph
 
 
@@ -139,32 +155,40 @@ def test_the_checker_finds_cycles_through_function_level_and_package_imports(tmp
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
     files = {
-        "__init__.py": "",
+        "__init__.py": "def make():\n    from pkg import a  # runs only when called\n",
         "a.py": "from pkg import b\n",
-        "b.py": "def f():\n    from pkg.sub import c  # function level\n",
+        "b.py": "def f():\n    from pkg.sub import d  # function level\n",
         "sub/__init__.py": "from pkg.sub.c import X\n",
         "sub/c.py": "X = 1\n",
-        "d.py": "from . import a\n",
-        "e.py": "import os\nif __name__ == '__main__':\n    from pkg import d\n",
+        "sub/d.py": "",
+        "e.py": "from . import a\nimport os\nif __name__ == '__main__':\n    from pkg import f\n",
+        "f.py": "from pkg.sub import c\n",
     }
     for rel, text in files.items():
         (pkg / rel).write_text(text)
     graph = import_graph(tmp_path, "pkg")
-    assert graph["pkg.a"] == {"pkg.b"}
-    assert graph["pkg.b"] == {"pkg.sub", "pkg.sub.c"}  # the package runs before its module
-    assert graph["pkg.sub.c"] == set()  # its own package is not an edge
-    assert graph["pkg.d"] == {"pkg.a"}  # relative import
-    assert graph["pkg.e"] == set()  # the __main__ script's imports are not the module's
+    assert graph["pkg"] == {"pkg.a"}
+    assert graph["pkg.a"] == {"pkg.b"}  # pkg's function-level import does not run for pkg.a
+    assert graph["pkg.b"] == {"pkg.sub.d", "pkg.sub.c"}  # pkg.sub's __init__ runs first
+    assert graph["pkg.sub"] == {"pkg.sub.c"} and graph["pkg.sub.c"] == set()
+    assert graph["pkg.e"] == {"pkg.a"}  # relative; the __main__ script's imports are not edges
     assert find_cycle(graph) == []
-    (pkg / "sub" / "c.py").write_text("def g():\n    import pkg.a\n")
+    assert dependency_order(graph).index("pkg.b") < dependency_order(graph).index("pkg.a")
+    # A function-level import closing a loop is a cycle ...
+    (pkg / "sub" / "d.py").write_text("def g():\n    import pkg.a\n")
     cycle = find_cycle(import_graph(tmp_path, "pkg"))
-    assert cycle[0] == cycle[-1] and {"pkg.a", "pkg.b", "pkg.sub.c"} <= set(cycle)
+    assert cycle[0] == cycle[-1] and {"pkg.a", "pkg.b", "pkg.sub.d"} <= set(cycle)
+    # ... and so is one through a package's import-time imports (b -> sub/__init__ -> c -> a).
+    (pkg / "sub" / "d.py").write_text("")
+    (pkg / "sub" / "c.py").write_text("import pkg.a\nX = 1\n")
+    cycle = find_cycle(import_graph(tmp_path, "pkg"))
+    assert {"pkg.a", "pkg.b", "pkg.sub.c"} <= set(cycle)
 
 
 def test_seqnet_jax_has_no_import_cycle():
     graph = import_graph(ROOT, PACKAGE)
     assert len(graph) > 40 and "seqnet_jax.search.searcher" in graph
-    assert "seqnet_jax.train_lib.train" in graph["seqnet_jax.weights_cli"]
+    assert "seqnet_jax.model_loading" in graph["seqnet_jax.weights_cli"]
     cycle = find_cycle(graph)
     assert cycle == [], "import cycle: " + " -> ".join(cycle)
 
