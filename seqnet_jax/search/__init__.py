@@ -29,9 +29,10 @@ differing fields). Unreadable gallery files are skipped and listed in ``results.
 
 The package, in the order a search runs (each module's docstring says what it owns):
 
-* ``options.py``: :class:`SearchOptions` (``config.search``) and :func:`prepare` (every input
-  check before the model is loaded); ``errors.py``: :class:`SearchInputError`;
-* ``gallery.py``: listing the gallery, reading images, parsing the query box, decoding videos;
+* ``options.py``: :class:`SearchOptions` (``config.search``), :func:`parse_box` and
+  :func:`prepare` (every input check before the model is loaded); ``errors.py``:
+  :class:`SearchInputError`;
+* ``gallery.py``: listing the gallery, reading images, decoding videos;
 * ``index.py``: the gallery index kept between searches (:class:`GalleryIndex`,
   :func:`fingerprint`);
 * ``extract.py``: batched, threaded feature extraction of the files the index lacks;
@@ -55,7 +56,6 @@ from seqnet_jax.search.gallery import (
     file_kind,
     iter_video_frames,
     list_gallery,
-    parse_box,
     probe_video,
     read_image,
     read_video_frames,
@@ -67,7 +67,7 @@ from seqnet_jax.search.index import (
     GalleryIndex,
     fingerprint,
 )
-from seqnet_jax.search.options import PreparedQuery, SearchOptions, prepare
+from seqnet_jax.search.options import PreparedQuery, SearchOptions, parse_box, prepare
 from seqnet_jax.search.ranking import GalleryTable, gallery_table, rank_detections
 from seqnet_jax.search.render import annotate_frame, make_overview, write_html
 from seqnet_jax.search.searcher import PersonSearcher

@@ -1,6 +1,6 @@
 """The search's input error: what :class:`SearchInputError` means and who raises it.
 
-Raised by the option checks (``options.py``), the query box parser and the gallery listing
+Raised by the option and query-box checks (``options.py``) and the gallery listing
 (``gallery.py``) before any model work, so a bad command line fails in a second with a message
 naming the option. A checkpoint that does not fit the config raises
 ``seqnet_jax.model_loading.CheckpointMismatchError`` instead.

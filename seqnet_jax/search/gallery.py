@@ -2,10 +2,9 @@
 
 Owns the image/video file extensions, :func:`list_gallery` (a folder searched recursively, or one
 file; hidden files and the output folder left out), :func:`read_image` (EXIF orientation applied,
-so boxes refer to the picture as viewers show it), :func:`parse_box` (the query box in those
-pixels) and the PyAV video functions: :func:`probe_video` (frames to expect),
-:func:`iter_video_frames` (sampling at ``video_fps``) and :func:`read_video_frames` (re-decoding
-given frames for drawing).
+so boxes refer to the picture as viewers show it) and the PyAV video functions:
+:func:`probe_video` (frames to expect), :func:`iter_video_frames` (sampling at ``video_fps``) and
+:func:`read_video_frames` (re-decoding given frames for drawing).
 """
 
 from __future__ import annotations
@@ -44,37 +43,6 @@ def read_image(path: str) -> np.ndarray:
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
         return np.asarray(im.convert("RGB"))
-
-
-def parse_box(text, width: int, height: int) -> np.ndarray:
-    """``'x1,y1,x2,y2'`` (pixels of a ``width × height`` image; '' = the whole image) → ``(4,)``.
-
-    Raises ``SearchInputError`` unless ``0 <= x1 < x2 <= width`` and ``0 <= y1 < y2 <= height``.
-    """
-    if text is None or (isinstance(text, str) and not text.strip()):
-        return np.asarray([0, 0, width, height], np.float32)
-    parts = text.replace(" ", "").split(",") if isinstance(text, str) else list(text)
-    try:
-        box = [float(v) for v in parts]
-    except (TypeError, ValueError):
-        box = []
-    if len(box) != 4 or not all(math.isfinite(v) for v in box):
-        raise SearchInputError(
-            f"search.query_box must be 'x1,y1,x2,y2' (four numbers, pixels) or '' for the whole "
-            f"image; got {text!r}"
-        )
-    x1, y1, x2, y2 = box
-    if x2 <= x1 or y2 <= y1:
-        raise SearchInputError(
-            f"search.query_box {text!r} has zero area: it needs x2 > x1 and y2 > y1 "
-            f"(width {x2 - x1:g}, height {y2 - y1:g})"
-        )
-    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-        raise SearchInputError(
-            f"search.query_box {text!r} is not inside the query image, which is {width}x{height} "
-            f"(width x height): it needs 0 <= x1 < x2 <= {width} and 0 <= y1 < y2 <= {height}"
-        )
-    return np.asarray(box, np.float32)
 
 
 @dataclasses.dataclass

@@ -1,13 +1,15 @@
 """What to search and how: the options (``config.search``) and the checked query.
 
 Owns :class:`SearchOptions` (the fields of ``config.search`` and their range checks),
-:class:`PreparedQuery` and :func:`prepare`: every input check that needs no model (options,
-query image, query box, gallery listing), run before the model is loaded.
+:func:`parse_box` (the query box, in the query picture's pixels), :class:`PreparedQuery` and
+:func:`prepare`: every input check that needs no model (options, query image, query box,
+gallery listing), run before the model is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from typing import List
@@ -15,7 +17,38 @@ from typing import List
 import numpy as np
 
 from seqnet_jax.search.errors import SearchInputError
-from seqnet_jax.search.gallery import GalleryFile, list_gallery, parse_box, read_image
+from seqnet_jax.search.gallery import GalleryFile, list_gallery, read_image
+
+
+def parse_box(text, width: int, height: int) -> np.ndarray:
+    """``'x1,y1,x2,y2'`` (pixels of a ``width × height`` image; '' = the whole image) → ``(4,)``.
+
+    Raises ``SearchInputError`` unless ``0 <= x1 < x2 <= width`` and ``0 <= y1 < y2 <= height``.
+    """
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return np.asarray([0, 0, width, height], np.float32)
+    parts = text.replace(" ", "").split(",") if isinstance(text, str) else list(text)
+    try:
+        box = [float(v) for v in parts]
+    except (TypeError, ValueError):
+        box = []
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+        raise SearchInputError(
+            f"search.query_box must be 'x1,y1,x2,y2' (four numbers, pixels) or '' for the whole "
+            f"image; got {text!r}"
+        )
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:
+        raise SearchInputError(
+            f"search.query_box {text!r} has zero area: it needs x2 > x1 and y2 > y1 "
+            f"(width {x2 - x1:g}, height {y2 - y1:g})"
+        )
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        raise SearchInputError(
+            f"search.query_box {text!r} is not inside the query image, which is {width}x{height} "
+            f"(width x height): it needs 0 <= x1 < x2 <= {width} and 0 <= y1 < y2 <= {height}"
+        )
+    return np.asarray(box, np.float32)
 
 
 @dataclasses.dataclass
