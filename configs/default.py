@@ -13,8 +13,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # -- data --------------------------------------------------------------------------------
     c.data = d = ml_collections.ConfigDict()
-    d.dataset = "cuhk_sysu"  # one of: cuhk_sysu, prw, synthetic
-    d.root = ""  # unpacked official dataset folder (cuhk_sysu / prw)
+    d.dataset = "cuhk_sysu"  # one of: cuhk_sysu, prw, custom (our format, README), synthetic
+    d.root = ""  # unpacked official folder (cuhk_sysu / prw); custom: folder of annotations.json
     d.tfds_data_dir = ""  # if set: prepare the dataset once there with TFDS and read it from it
     d.min_size = 900  # resize: shorter side target (§2.2)
     d.max_size = 1500  # resize: longer side cap
@@ -27,6 +27,11 @@ def get_config() -> ml_collections.ConfigDict:
     d.group_by_aspect_ratio = False  # batch portrait with portrait images (reference: False)
     d.skip_bad_images = False  # skip (and count) unreadable images instead of failing
     d.synthetic = ml_collections.ConfigDict()  # arguments of make_synthetic_dataset (synthetic)
+    d.custom = ml_collections.ConfigDict()  # data.dataset=custom (seqnet_jax/data/custom.py)
+    d.custom.protocol_seed = 0  # seeds the derived queries and TestG galleries (no 'queries')
+    d.custom.gallery_sizes = (50, 100)  # derived TestG{N} protocols (besides 'all', cross-camera)
+    d.custom.validate = True  # run the validator first: errors stop, warnings are logged
+    d.custom.check_images = "header"  # validator image check: none | header (size) | decode
 
     # -- model -------------------------------------------------------------------------------
     c.model = m = ml_collections.ConfigDict()

@@ -134,6 +134,8 @@ def cache_key(config, checkpoint_id: str, dataset: PersonSearchDataset, nq: int)
         "use_gt": config.eval.use_gt,
         "synthetic": config.data.synthetic.to_dict(),
     }
+    if dataset.stats.get("fingerprint"):  # custom datasets: the annotation file + protocol params
+        relevant["fingerprint"] = dataset.stats["fingerprint"]
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:16]
 
