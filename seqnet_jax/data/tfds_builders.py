@@ -1,10 +1,13 @@
-"""TFDS builders for CUHK-SYSU and PRW, prepared from the unpacked official folders.
+"""TFDS builders for CUHK-SYSU, PRW and datasets in our format ("custom"), prepared from their
+folders.
 
 No TensorFlow needed: the builders write ``array_record`` files and are read back through
 ``as_data_source()`` (random access) with images decoded by PIL. This is the only module of the
 package that imports ``tensorflow_datasets``; nothing imports it at package import time.
 
-What is stored (``DATA_DIR/<cuhk_sysu|prw>/1.0.0/``):
+What is stored (``DATA_DIR/<cuhk_sysu|prw>/1.0.0/``; a custom dataset in
+``DATA_DIR/custom/<name>_<fingerprint>/1.0.0/``, one builder config per annotation file and
+protocol parameters, so several custom datasets share a ``DATA_DIR``):
 
 * Splits ``train``, ``gallery`` and ``query``, one example per image (per query for ``query``), in
   the reader's order (shuffling disabled, integer keys): example ``i`` of ``gallery`` is
@@ -40,7 +43,7 @@ from etils import epath
 from PIL import Image
 
 from seqnet_jax.data import _reader_utils as ru
-from seqnet_jax.data import cuhk_sysu, prw
+from seqnet_jax.data import cuhk_sysu, custom, prw
 from seqnet_jax.data.types import (
     ImageAnnotation,
     PersonSearchDataset,
@@ -51,6 +54,7 @@ from seqnet_jax.data.types import (
 __all__ = [
     "SPLITS",
     "CuhkSysu",
+    "Custom",
     "PersonSearchMetadata",
     "PersonSearchSource",
     "Prw",
@@ -121,6 +125,8 @@ def _dataset_to_arrays(ds: PersonSearchDataset) -> tuple:
         "format_version": _FORMAT_VERSION,
         "name": ds.name,
         "num_train_pids": int(ds.num_train_pids),
+        "cbgm_k1": int(ds.cbgm_k1),
+        "cbgm_k2": int(ds.cbgm_k2),
         "protocols": protocols,
         "stats": ds.stats,
     }
@@ -187,12 +193,16 @@ def _dataset_from_arrays(header: dict, arrays) -> PersonSearchDataset:
         protocols=protocols,
         num_train_pids=header["num_train_pids"],
         stats=header.get("stats", {}),
-        **_cbgm_defaults(header["name"]),
+        **_cbgm_defaults(header),
     )
 
 
-def _cbgm_defaults(dataset_name: str) -> dict:
-    """The CBGM parameters of the dataset the reader module of that name gives."""
+def _cbgm_defaults(header: dict) -> dict:
+    """The CBGM parameters stored with the data, else those of the reader module of that name
+    (data prepared before they were stored)."""
+    if "cbgm_k1" in header and "cbgm_k2" in header:
+        return {"cbgm_k1": int(header["cbgm_k1"]), "cbgm_k2": int(header["cbgm_k2"])}
+    dataset_name = header["name"]
     for module in (cuhk_sysu, prw):
         if dataset_name == module.DATASET_NAME:
             return {"cbgm_k1": module.CBGM_K1, "cbgm_k2": module.CBGM_K2}
@@ -257,11 +267,19 @@ class _PersonSearchBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
     _hint = ""
     _homepage = ""
 
-    def __init__(self, *, skip_bad_images: bool = False, check_images: str = "decode", **kwargs):
-        """Args as ``tfds.core.GeneratorBasedBuilder``, plus the reader's ``skip_bad_images`` and
-        ``check_images`` (used only while preparing)."""
+    def __init__(
+        self,
+        *,
+        skip_bad_images: bool = False,
+        check_images: str = "decode",
+        reader_kwargs: Optional[dict] = None,
+        **kwargs,
+    ):
+        """Args as ``tfds.core.GeneratorBasedBuilder``, plus the reader's ``skip_bad_images``,
+        ``check_images`` and further keyword arguments (used only while preparing)."""
         self._skip_bad_images = skip_bad_images
         self._check_images = check_images
+        self._reader_kwargs = dict(reader_kwargs or {})
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -287,6 +305,7 @@ class _PersonSearchBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
             dl_manager.manual_dir,
             skip_bad_images=self._skip_bad_images,
             check_images=self._check_images,
+            **self._reader_kwargs,
         )
         self.info.metadata["dataset"] = ds
         return {split: self._generate_examples(ds, split) for split in SPLITS}
@@ -339,8 +358,53 @@ class Prw(_PersonSearchBuilder, skip_registration=True):
     _homepage = "https://github.com/liangzheng06/PRW-baseline"
 
 
-_BUILDERS = {"cuhk_sysu": CuhkSysu, "prw": Prw}
+class Custom(_PersonSearchBuilder, skip_registration=True):
+    """A person-search dataset in the seqnet-jax format (``seqnet_jax/data/custom.py``).
+
+    One builder config per dataset: its name is the dataset's name and the fingerprint of its
+    annotation file and protocol parameters (``custom_config``).
+    """
+
+    name = "custom"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Pass the dataset folder (annotations.json + images/) as manual_dir."
+    )
+    _reader = staticmethod(custom.read_custom)
+    _hint = "The folder must hold annotations.json and images/ (README: 'Your own dataset')."
+    _homepage = ""
+
+
+_BUILDERS = {"cuhk_sysu": CuhkSysu, "prw": Prw, "custom": Custom}
 _MARKERS = {"cuhk_sysu": cuhk_sysu._MARKERS, "prw": prw._MARKERS}
+
+
+def custom_config(root: os.PathLike | str, reader_kwargs: Optional[dict] = None):
+    """``(BuilderConfig, manual_dir, reader kwargs)`` of the custom dataset at ``root`` (its
+    folder or annotation file): the config name is ``<name>_<fingerprint[:12]>``."""
+    kw = dict(reader_kwargs or {})
+    path = custom.locate(root, kw.get("annotations"))
+    doc, problems = custom.read_document(path)
+    if any(p.severity == "error" for p in problems):
+        raise custom.FormatError(custom._format_errors(path, problems))
+    fp = custom.fingerprint(
+        doc.sha1,
+        kw.get("protocol_seed", custom.DEFAULT_PROTOCOL_SEED),
+        kw.get("gallery_sizes", custom.DEFAULT_GALLERY_SIZES),
+        kw.get("skip_bad_images", False),
+    )
+    slug = "".join(c if c.isalnum() else "_" for c in doc.name.lower()).strip("_") or "custom"
+    kw["annotations"] = path.name
+    config = tfds.core.BuilderConfig(name=f"{slug[:40]}_{fp[:12]}")
+    return config, path.parent, kw
+
+
+def _prepared_custom_configs(data_dir) -> list:
+    base = epath.Path(data_dir) / Custom.name
+    if not base.exists():
+        return []
+    return sorted(
+        p.name for p in base.iterdir() if (p / str(Custom.VERSION) / "dataset_info.json").exists()
+    )
 
 
 def _builder_key(name: str) -> str:
@@ -357,13 +421,21 @@ def get_builder(
     *,
     skip_bad_images: bool = False,
     check_images: str = "decode",
+    reader_kwargs: Optional[dict] = None,
+    config_name: Optional[str] = None,
 ) -> _PersonSearchBuilder:
-    """The builder for ``name`` (``"cuhk_sysu"`` / ``"CUHK-SYSU"`` / ``"prw"``), prepared.
+    """The builder for ``name`` (``"cuhk_sysu"`` / ``"CUHK-SYSU"`` / ``"prw"`` / ``"custom"``),
+    prepared.
 
     Prepares ``data_dir/<name>/1.0.0`` from ``manual_dir`` (the unpacked official folder) on first
-    use; later calls reuse it and need no ``manual_dir``. ``skip_bad_images`` and
-    ``check_images`` (see the readers) only matter while preparing; preparing reads every file of
-    the raw folder once and decodes every image (``check_images="decode"``).
+    use; later calls reuse it and need no ``manual_dir``. ``skip_bad_images``, ``check_images``
+    and ``reader_kwargs`` (further reader arguments, e.g. a custom dataset's ``protocol_seed``
+    and ``gallery_sizes``) only matter while preparing; preparing reads every file of the raw
+    folder once and decodes every image (``check_images="decode"``).
+
+    A custom dataset is stored under a builder config named after its annotation file's
+    fingerprint (``custom_config``): with ``manual_dir`` it is the config of that folder; without,
+    ``config_name``, or the only custom dataset prepared in ``data_dir``.
 
     Raises:
       FileNotFoundError: not prepared and ``manual_dir`` missing, or files missing in it (the
@@ -371,11 +443,35 @@ def get_builder(
     """
     key = _builder_key(name)
     cls = _BUILDERS[key]
+    kwargs = {}
+    reader_kwargs = dict(reader_kwargs or {})
+    if key == "custom":
+        if manual_dir is not None:
+            config, manual_dir, reader_kwargs = custom_config(
+                manual_dir, dict(reader_kwargs, skip_bad_images=skip_bad_images)
+            )
+            reader_kwargs.pop("skip_bad_images")
+        else:
+            names = [config_name] if config_name else _prepared_custom_configs(data_dir)
+            if len(names) != 1:
+                raise FileNotFoundError(
+                    f"{data_dir}: "
+                    + (
+                        f"several custom datasets are prepared ({names}): pass data.root"
+                        if names
+                        else "no custom dataset is prepared and no manual_dir was given: pass "
+                        "the dataset folder (data.root)"
+                    )
+                )
+            config = tfds.core.BuilderConfig(name=names[0])
+        kwargs["config"] = config
     builder = cls(
         data_dir=os.fspath(data_dir),
         file_format="array_record",
         skip_bad_images=skip_bad_images,
         check_images=check_images,
+        reader_kwargs=reader_kwargs,
+        **kwargs,
     )
     if builder.is_prepared():
         return builder
@@ -384,7 +480,10 @@ def get_builder(
             f"{builder.data_path} is not prepared and no manual_dir was given: pass the unpacked "
             f"official folder. {cls._hint}"
         )
-    root = ru.resolve_root(manual_dir, _MARKERS[key], key, cls._hint)
+    if key == "custom":
+        root = Path(manual_dir)
+    else:
+        root = ru.resolve_root(manual_dir, _MARKERS[key], key, cls._hint)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(root))
     )
@@ -445,22 +544,32 @@ def load_tfds_split(
     split: str = "train",
     *,
     skip_bad_images: bool = False,
+    reader_kwargs: Optional[dict] = None,
 ) -> PersonSearchSource:
     """A random-access source over ``split`` (``"train"``, ``"gallery"`` or ``"query"``).
 
     Prepares the dataset first when needed (see ``get_builder``). Item ``i`` of ``"gallery"`` is
     ``load_tfds_dataset(...).gallery[i]``, so protocol gallery indices apply directly.
     """
-    builder = get_builder(name, data_dir, manual_dir, skip_bad_images=skip_bad_images)
+    builder = get_builder(
+        name, data_dir, manual_dir, skip_bad_images=skip_bad_images, reader_kwargs=reader_kwargs
+    )
     return PersonSearchSource(_raw_source(builder, split))
 
 
 class TfdsImageLoader:
     """Picklable ``load_image(split, name)`` reading images from the prepared array_record data."""
 
-    def __init__(self, name: str, data_dir: os.PathLike | str, index: dict):
+    def __init__(
+        self,
+        name: str,
+        data_dir: os.PathLike | str,
+        index: dict,
+        config_name: Optional[str] = None,
+    ):
         self.name = name
         self.data_dir = os.fspath(data_dir)
+        self.config_name = config_name  # the builder config (custom datasets)
         self._index = index  # {split: {image name: example index}}
         self._sources: dict = {}
 
@@ -475,7 +584,7 @@ class TfdsImageLoader:
             i = self._index.get(s, {}).get(name)
             if i is not None:
                 if s not in self._sources:
-                    builder = get_builder(self.name, self.data_dir)
+                    builder = get_builder(self.name, self.data_dir, config_name=self.config_name)
                     self._sources[s] = _raw_source(builder, s)
                 return _decode_record(self._sources[s][i])["image"]
         raise ru.ImageReadError(f"image {name} is not in the prepared {self.name} data")
@@ -487,13 +596,16 @@ def load_tfds_dataset(
     manual_dir: Optional[os.PathLike | str] = None,
     *,
     skip_bad_images: bool = False,
+    reader_kwargs: Optional[dict] = None,
 ) -> PersonSearchDataset:
     """The ``PersonSearchDataset`` (annotations, queries, protocols) of the prepared data.
 
-    Equal to what ``read_cuhk_sysu`` / ``read_prw`` return for the raw folder, except that
-    ``load_image`` reads the images from the prepared array_record files.
+    Equal to what ``read_cuhk_sysu`` / ``read_prw`` / ``read_custom`` return for the raw folder,
+    except that ``load_image`` reads the images from the prepared array_record files.
     """
-    builder = get_builder(name, data_dir, manual_dir, skip_bad_images=skip_bad_images)
+    builder = get_builder(
+        name, data_dir, manual_dir, skip_bad_images=skip_bad_images, reader_kwargs=reader_kwargs
+    )
     meta = builder.info.metadata
     if meta is None or "dataset" not in meta:
         raise FileNotFoundError(
@@ -505,4 +617,6 @@ def load_tfds_dataset(
         "gallery": {a.name: i for i, a in reversed(list(enumerate(ds.gallery)))},
         "query": {q.name: i for i, q in reversed(list(enumerate(ds.queries)))},
     }
-    return dataclasses.replace(ds, load_image=TfdsImageLoader(builder.name, data_dir, index))
+    config = builder.builder_config.name if builder.builder_config is not None else None
+    loader = TfdsImageLoader(builder.name, data_dir, index, config_name=config)
+    return dataclasses.replace(ds, load_image=loader)
