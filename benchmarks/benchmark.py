@@ -3,7 +3,7 @@
     python benchmarks/benchmark.py [--config configs/cuhk.py] [--height 900 --width 1500]
         [--batch 5] [--gallery_batch 1 4] [--dtype float32|bfloat16] [--dets 16]
         [--warmup 3] [--iters 20] [--json OUT.json]
-    python benchmarks/benchmark.py --host_only [--batch 5] [--iters 20]
+    python benchmarks/benchmark.py --host_only [--batch 5] [--iters 20] [--host_scale 1]
     (or ``python -m benchmarks.benchmark ...``)
 
 This file is the entry point (flags, the report header, memory and compilation rows); the
@@ -56,7 +56,12 @@ trained model keeps above 0.5: a conservative (slower) host stage.
 ``--host_only`` times the host stages alone on RPN-like boxes (``host_nms_bench.rpn_like_boxes``):
 5 × (12000 → 2000 @ 0.7) in parallel threads and in worker processes (``--nms_processes``),
 6000 → 300 @ 0.7, the test NMS steps and the
-samplers, against the plain greedy loop ``nms_reference`` (checks identical keep lists).
+samplers, against the plain greedy loop ``nms_reference`` (checks identical keep lists);
+``--host_scale`` scales those box counts (the GPU check's CPU dry run uses 0.05).
+
+``--json`` is rewritten after each finished phase (the timed loop, each gallery batch size), so
+a run stopped later leaves the numbers it had; the compilation rows include the compile seconds
+of every jitted function and the wall time of the first (compiling) call of each stage.
 """
 
 from __future__ import annotations
@@ -178,6 +183,20 @@ def report(args, env, res) -> None:
             else f"n/a (no {BACKEND_COMPILE_EVENT} events seen on this jax)",
         )
     )
+    slowest = [(k, v) for k, v in comp.get("by_function", {}).items() if v["seconds"] >= 0.1]
+    if slowest:
+        rows.append(
+            (
+                "compile seconds of the slowest functions (count)",
+                ", ".join(f"{k} {v['seconds']:.1f} s ({v['count']})" for k, v in slowest[:6]),
+            )
+        )
+    for phase, key, what in (
+        ("inference", "first_detect_s", "first detect() with its compilation"),
+        ("train", "first_iteration_s", "first Trainer.iteration with its compilation"),
+    ):
+        if phase in res:
+            rows.append((what, f"{res[phase][key]:.1f} s"))
     print_table("Memory and compilations", rows, ("what", "value"))
 
 
@@ -237,6 +256,12 @@ def parse_args(argv=None):
         help="worker processes for the batched RPN NMS row (0: min(batch, CPU count))",
     )
     p.add_argument(
+        "--host_scale",
+        type=float,
+        default=1.0,
+        help="--host_only: scale the box counts (12000→2000, 6000→300, 300) by this factor",
+    )
+    p.add_argument(
         "--compile_only",
         action="store_true",
         help="compile every stage at the given size and print XLA's buffer sizes; run nothing",
@@ -288,6 +313,17 @@ def main(argv=None) -> dict:
             "dtype": args.dtype,
         }
         mem: dict = {}
+
+        def progress(phase: str):
+            def save(out: dict) -> None:  # a run stopped later still leaves the finished rows
+                res[phase] = out
+                res["memory"] = dict(mem, latest=memory())
+                res["compilations"] = counter.summary()
+                if args.json:
+                    write_json(args.json, res)
+
+            return save
+
         if args.compile_only:
             res["compiled"] = compile_only(args, config, model)
             print_compile_only(args, env, res)
@@ -305,14 +341,16 @@ def main(argv=None) -> dict:
                 args.gt_boxes,
                 args.num_pids,
             )
-            res["inference"] = bench_inference(args, config, model, variables, batch, counter)
+            res["inference"] = bench_inference(
+                args, config, model, variables, batch, counter, progress("inference")
+            )
             mem["after_inference"] = memory()
             del variables
         if not args.skip_train:
-            res["train"] = bench_train(args, config, model, counter)
+            res["train"] = bench_train(args, config, model, counter, progress("train"))
             mem["after_train"] = memory()
         res["memory"] = mem
-        res["compilations"] = {"total": counter.count, "seconds": counter.seconds}
+        res["compilations"] = counter.summary()
         report(args, env, res)
     return finish(args, res)
 

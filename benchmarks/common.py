@@ -9,7 +9,7 @@
 * inputs: ``load_config`` / ``apply_overrides``, ``make_batch`` (structured random images with
   person-like GT boxes, padded like the input pipeline), ``fake_proposals`` (RPN-like boxes);
 * report: ``print_table``, ``ms``, ``fmt_bytes``, ``split_rows`` (device / host / transfer rows
-  and their sums), ``write_json``.
+  and their sums), ``write_json`` (atomic, so it can be rewritten as a run goes).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class CompileCounter:
         self.count = 0
         self.seconds = 0.0
         self.names: List[str] = []
+        self.durations: List[float] = []
         self._lock = threading.Lock()
         jax.monitoring.register_event_duration_secs_listener(self._on_event)
 
@@ -58,12 +59,29 @@ class CompileCounter:
                 self.count += 1
                 self.seconds += duration
                 self.names.append(str(kwargs.get("fun_name", "?")))
+                self.durations.append(float(duration))
 
     def mark(self) -> int:
         return self.count
 
     def since(self, mark: int) -> List[str]:
         return self.names[mark:]
+
+    def seconds_since(self, mark: int) -> float:
+        return float(sum(self.durations[mark:]))
+
+    def summary(self) -> dict:
+        """Total count and seconds, and per compiled function (``fun_name``) its count and
+        seconds, slowest first: the compile time of each stage."""
+        by: Dict[str, List[float]] = defaultdict(list)
+        for name, d in zip(self.names, self.durations):
+            by[name].append(d)
+        order = sorted(by, key=lambda k: -sum(by[k]))
+        return {
+            "total": self.count,
+            "seconds": self.seconds,
+            "by_function": {k: {"count": len(by[k]), "seconds": sum(by[k])} for k in order},
+        }
 
 
 class Samples:
@@ -327,5 +345,7 @@ def split_rows(split: dict, order) -> List[tuple]:
 
 def write_json(path: str, res: dict) -> None:
     """``res`` as indented JSON (values JSON cannot hold are written as strings)."""
-    with open(path, "w") as f:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
         json.dump(res, f, indent=2, default=str)
+    os.replace(tmp, path)  # atomic: a run killed mid-write leaves the previous file intact

@@ -23,6 +23,12 @@ def bench_host(args) -> dict:
     b, iters = args.batch, args.iters
     h, w = args.height, args.width
     n_ref = max(3, iters // 4)
+    sc = getattr(args, "host_scale", 1.0)
+
+    def n_of(n: int) -> int:  # box counts scaled by --host_scale (1: the reference sizes)
+        return max(1, int(round(n * sc)))
+
+    n_train, k_train, n_test, k_test = n_of(12000), n_of(2000), n_of(6000), n_of(300)
     rows = []
 
     def rpn_inputs(n, nb):
@@ -44,10 +50,10 @@ def bench_host(args) -> dict:
     nproc = args.nms_processes or min(b, os.cpu_count() or 1)
     pool = process_pool(nproc)
     for name, n, k, nb, thr, ex in (
-        (f"RPN NMS train, {b} images in threads", 12000, 2000, b, 0.7, None),
-        (f"RPN NMS train, {b} images in {nproc} processes", 12000, 2000, b, 0.7, pool),
-        ("RPN NMS train, 1 image", 12000, 2000, 1, 0.7, None),
-        ("RPN NMS test, 1 image", 6000, 300, 1, 0.7, None),
+        (f"RPN NMS train, {b} images in threads", n_train, k_train, b, 0.7, None),
+        (f"RPN NMS train, {b} images in {nproc} processes", n_train, k_train, b, 0.7, pool),
+        ("RPN NMS train, 1 image", n_train, k_train, 1, 0.7, None),
+        ("RPN NMS test, 1 image", n_test, k_test, 1, 0.7, None),
     ):
         boxes, scores = rpn_inputs(n, nb)
         exact = check(boxes, scores, thr, k, ex)
@@ -70,9 +76,9 @@ def bench_host(args) -> dict:
     pool.shutdown()
 
     # test stage-1 host step: 300 first-stage boxes, score > 0.5, NMS 0.4, cap 300
-    boxes, _ = rpn_inputs(300, 1)
-    s1 = rng.uniform(0, 1, (1, 300)).astype(np.float32)
-    pv = np.ones((1, 300), bool)
+    boxes, _ = rpn_inputs(k_test, 1)
+    s1 = rng.uniform(0, 1, (1, k_test)).astype(np.float32)
+    pv = np.ones((1, k_test), bool)
     rh = cfg.roi_head
 
     def stage1(fn):
@@ -91,7 +97,7 @@ def bench_host(args) -> dict:
     rows.append(
         {
             "stage": "stage-1 NMS test (score>0.5, NMS 0.4)",
-            "input": "1×300",
+            "input": f"1×{k_test}",
             "fast_ms": fast,
             "ms_per_image": fast,
             "plain_ms": plain,
@@ -102,9 +108,11 @@ def bench_host(args) -> dict:
     )
     emb = rng.normal(size=(20, 256)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    n2 = min(20, k_test)
+    emb = emb[:n2]
     fast, _ = median_ms(
         lambda: post.stage2_detections(
-            boxes[0, :20], s1[0, :20], emb, rh.nms_thresh_test_2, rh.detections_per_image_test
+            boxes[0, :n2], s1[0, :n2], emb, rh.nms_thresh_test_2, rh.detections_per_image_test
         ),
         2,
         iters,
@@ -112,7 +120,7 @@ def bench_host(args) -> dict:
     rows.append(
         {
             "stage": "stage-2 NMS/CWS test",
-            "input": "1×20",
+            "input": f"1×{n2}",
             "fast_ms": fast,
             "ms_per_image": fast,
             "plain_ms": None,
@@ -127,8 +135,8 @@ def bench_host(args) -> dict:
     batch = make_batch(rng, b, h, w, 64, args.gt_boxes, 5532)
     host = HostStages(cfg, seed=0, num_threads=4)
     anchors = host.canvas_anchors(batch)
-    pb, ps = rpn_inputs(12000, b)
-    props, pvalid = post.rpn_proposals(pb, ps, 0.7, 2000)
+    pb, ps = rpn_inputs(n_train, b)
+    props, pvalid = post.rpn_proposals(pb, ps, 0.7, k_train)
     s1d = host.roi_targets(props, pvalid, batch, 0, stage=1)
     for name, fn, inp in (
         (
@@ -139,7 +147,7 @@ def bench_host(args) -> dict:
         (
             "RoI sampling 1",
             lambda: host.roi_targets(props, pvalid, batch, 0, stage=1),
-            f"{b}×(2000 + GT → 128)",
+            f"{b}×({k_train} + GT → 128)",
         ),
         (
             "RoI sampling 2",

@@ -90,7 +90,9 @@ def embed_split(inf, batch: dict, box: np.ndarray, rec: Samples) -> None:
     rec.lap("d2h embedding", t)
 
 
-def bench_inference(args, config, model, variables, batch, counter) -> dict:
+def bench_inference(args, config, model, variables, batch, counter, progress=None) -> dict:
+    """The inference rows (see the module docstring). ``progress(out)``, if given, is called
+    with the results so far after the timed loop and after each gallery batch size."""
     from seqnet_jax.inference import SeqNetInference
 
     model_cfg = config.model
@@ -126,8 +128,10 @@ def bench_inference(args, config, model, variables, batch, counter) -> dict:
     out["dets_reaching_stage2_mean"] = float(np.mean(dets)) if dets else 0.0
     out["split"] = split.summary()
     out["end_to_end"] = e2e.summary()
+    out["throughput"] = throughput = {}
+    if progress:
+        progress(out)
 
-    throughput = {}
     for gb in args.gallery_batch:
         gbatch = take(batch, gb)
         m, times = median_ms(lambda gbatch=gbatch: inf.detect(gbatch), args.warmup, args.iters)
@@ -137,7 +141,8 @@ def bench_inference(args, config, model, variables, batch, counter) -> dict:
             "ms_per_frame": m / gb,
         }
         log(f"inference: gallery batch {gb}: {m:.1f} ms/batch")
-    out["throughput"] = throughput
+        if progress:
+            progress(out)
     out["jit_cache_sizes"] = {
         name: int(f._cache_size())
         for name, f in (

@@ -53,7 +53,9 @@ def iteration_split(trainer, state, batch: dict, rec: Samples):
     return state
 
 
-def bench_train(args, config, model, counter) -> dict:
+def bench_train(args, config, model, counter, progress=None) -> dict:
+    """The training rows (see the module docstring). ``progress(out)``, if given, is called with
+    the results so far after the timed loop (before ``--memory_analysis`` compiles again)."""
     from seqnet_jax.train_lib.train import Trainer, create_train_state
 
     config.data.batch_size = args.batch
@@ -112,6 +114,8 @@ def bench_train(args, config, model, counter) -> dict:
     }
     out["library_timings_ms"] = {k: 1e3 * float(np.median(v)) for k, v in trainer.timings.items()}
     log(f"train: {args.iters} timed iterations done")
+    if progress:
+        progress(out)
     if args.memory_analysis:
         log("train: compiling the train step once more for its memory analysis")
         out["memory_analysis"] = train_memory_analysis(trainer, state, batches[0])
