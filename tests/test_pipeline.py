@@ -219,7 +219,7 @@ def test_too_many_boxes_error():
 def test_bucket_error_names_image():
     annotations, images = make_dataset(num_images=5)
     with pytest.raises(ValueError, match="fits none of the buckets"):
-        list(train_loader(annotations, images, buckets=[(16, 16)]))
+        list(train_loader(annotations, images, buckets=[(32, 32)]))
 
 
 def test_load_error_names_image():

@@ -154,3 +154,41 @@ def test_loud_shape_errors():
         roi_align(f, jnp.zeros((3, 4)), sampling_ratio=0)
     with pytest.raises(ValueError, match=r"\(B, R, 4\)"):
         roi_align_batched(jnp.zeros((2, 4, 4, 2)), jnp.zeros((3, 5, 4)))
+
+
+def test_extent_equals_the_cropped_map():
+    """With ``extents`` (the reference canvas at the feature stride), a map larger than the canvas
+    gives exactly what the canvas-sized map gives: boxes at the canvas edge use its last row and
+    column (the reference's clamping), never the array beyond. Gather and matmul forms, values and
+    feature gradients."""
+    from seqnet_jax.ops.roi_align import roi_align_matmul
+
+    rng = np.random.default_rng(3)
+    feat = jnp.asarray(rng.normal(size=(2, 9, 11, 3)), jnp.float32)
+    ext = np.asarray([[6, 7], [9, 8]], np.int32)
+    # boxes reaching the canvas's right/bottom edge (x up to 16 * 7, y up to 16 * 6 for image 0)
+    boxes = jnp.asarray(
+        [
+            [[60, 40, 112, 96], [90, 70, 111.5, 95.5], [0, 0, 30, 30]],
+            [[100, 100, 128, 144], [10, 120, 127, 144], [5, 5, 20, 50]],
+        ],
+        jnp.float32,
+    )
+    for fn in (roi_align_batched, roi_align_matmul):
+        got = fn(feat, boxes, 4, 1.0 / 16, 2, ext)
+        for b in range(2):
+            crop = feat[b : b + 1, : ext[b, 0], : ext[b, 1]]
+            want = fn(crop, boxes[b : b + 1], 4, 1.0 / 16, 2)
+            np.testing.assert_allclose(got[b], want[0], rtol=1e-6, atol=1e-6)
+        # without the extent the edge boxes read the rows beyond the canvas: different values
+        assert not np.allclose(fn(feat, boxes, 4, 1.0 / 16, 2)[0, :2], got[0, :2], atol=1e-3)
+        cot = jnp.asarray(rng.normal(size=got.shape), jnp.float32)
+        g = jax.grad(lambda f, fn=fn, c=cot: jnp.sum(fn(f, boxes, 4, 1.0 / 16, 2, ext) * c))(feat)
+        assert float(jnp.abs(g[0, 6:]).max()) == 0.0 and float(jnp.abs(g[0, :, 7:]).max()) == 0.0
+
+
+def test_extent_shape_error():
+    with pytest.raises(ValueError, match=r"extents must be \(B, 2\)"):
+        roi_align_batched(
+            jnp.zeros((2, 4, 4, 2)), jnp.zeros((2, 1, 4)), 2, 1.0, 2, jnp.ones((3, 2))
+        )

@@ -274,10 +274,9 @@ class _LoaderBase:
         self.load_image = load_image
         self.batch_size = int(batch_size)
         self.min_size, self.max_size = int(min_size), int(max_size)
-        self.buckets = [
-            (int(h), int(w))
-            for h, w in (buckets or transforms.default_buckets(self.min_size, self.max_size))
-        ]
+        self.buckets = transforms.check_buckets(
+            buckets or transforms.default_buckets(self.min_size, self.max_size)
+        )
         self.max_boxes = int(max_boxes)
         self.num_workers = max(1, int(num_workers))
         # Enough queued images to keep every worker busy while a batch is consumed.

@@ -197,6 +197,27 @@ def default_buckets(
     return [(lo, hi), (hi, lo), (hi, hi)]
 
 
+def check_buckets(buckets: Sequence[tuple[int, int]], name: str = "data.buckets"):
+    """``buckets`` as a list of int ``(H, W)``; each side a positive multiple of 32 (the
+    reference pads every batch to a multiple of 32, so such a bucket holds the reference's
+    canvas of every image it holds), else ``ValueError`` naming the bucket."""
+    out = []
+    for b in buckets:
+        if len(b) != 2:
+            raise ValueError(f"{name}: each bucket must be (H, W), got {tuple(b)}")
+        h, w = int(b[0]), int(b[1])
+        if h <= 0 or w <= 0 or h % 32 or w % 32:
+            raise ValueError(
+                f"{name}: bucket {h}x{w} (H x W) must have both sides positive multiples of 32 "
+                f"(the reference pads every batch to a multiple of 32), e.g. "
+                f"{_ceil_to(max(h, 1), 32)}x{_ceil_to(max(w, 1), 32)}"
+            )
+        out.append((h, w))
+    if not out:
+        raise ValueError(f"{name}: at least one bucket is needed")
+    return out
+
+
 def choose_bucket(
     sizes: Sequence[tuple[int, int]], buckets: Sequence[tuple[int, int]]
 ) -> tuple[int, int]:

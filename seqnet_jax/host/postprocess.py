@@ -23,11 +23,12 @@ def rpn_proposals(
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Top-k RPN boxes → proposals. ``boxes (B, K, 4)`` clipped, ``scores (B, K)`` sorted logits.
 
-    Drops boxes with a side < 1e-3, NMS at ``iou_threshold`` and keeps ``post_nms_top_n``.
+    Drops boxes with a side < 1e-3 and entries with a non-finite score (anchors outside the
+    reference canvas, see ``SeqNet.rpn``), NMS at ``iou_threshold`` and keeps ``post_nms_top_n``.
     Returns ``proposals (B, P, 4)`` (zeros in padding) and ``valid (B, P)``. ``executor``: see
     :func:`~seqnet_jax.host.nms.batched_nms_padded`.
     """
-    valid = remove_small_boxes_mask(boxes, RPN_MIN_SIZE)
+    valid = remove_small_boxes_mask(boxes, RPN_MIN_SIZE) & np.isfinite(scores)
     keep, keep_valid = batched_nms_padded(
         boxes, scores, valid, iou_threshold, post_nms_top_n, executor=executor
     )

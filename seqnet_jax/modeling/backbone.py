@@ -7,6 +7,28 @@ BatchNorm (batch statistics in training). Module and variable names mirror torch
 
 ResNet-18/34 (basic blocks) and a ``width`` (channels of the first stage, 64 in torchvision) are
 offered for small CPU runs and small GPUs.
+
+**Padding (``canvas``).** Images come padded into a fixed bucket that is usually larger than the
+reference's canvas (the batch's largest image rounded up to 32, see ``ops/canvas.py``). Given the
+canvas, the stem computes exactly the reference's values at every position inside it:
+
+* An output position inside the canvas of a convolution or pooling window reads input positions
+  up to ``k // 2`` beyond the canvas edge, where the reference has its zero padding (and, for the
+  max pool, ``-inf``). So the input of every layer with a window larger than 1×1 is set to zero
+  outside the canvas at that layer's stride: the 7×7 ``conv1`` (its input, the image, is already
+  zero there), the max pool (its input is a ReLU output >= 0, so zero and ``-inf`` padding give
+  the same maximum), and ``conv2`` of every bottleneck / ``conv1`` and ``conv2`` of every basic
+  block. Inside the canvas these layers then see exactly the reference's inputs.
+* Every other layer is pointwise (1×1 convolutions — a strided one reads position ``s * i``,
+  inside the canvas for every output inside it — BatchNorm in eval mode, ReLU, the residual
+  sum), so its in-canvas outputs depend on in-canvas inputs only; values outside the canvas are
+  arbitrary and never read by an in-canvas output. By induction over the layers, every in-canvas
+  value equals the reference's; the gradients equal too (the zeroing cuts every path from the
+  outside values to the loss).
+* Train-mode BatchNorm takes its batch statistics over the canvas positions only, what the
+  reference's statistics over its ``N × H × W`` canvas cover.
+
+The canvas at stride ``s`` is ``canvas / s`` (exact: canvases are multiples of 32).
 """
 
 from __future__ import annotations
@@ -18,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from seqnet_jax.modeling.layers import BatchNorm, conv_kernel_init
+from seqnet_jax.ops.canvas import region_mask
 
 Array = jax.Array
 
@@ -54,8 +77,20 @@ def _conv(features: int, k: int, stride: int, name: str, dtype: Any) -> nn.Conv:
     )
 
 
+def zero_outside(x: Array, mask: Array | None) -> Array:
+    """``x`` with the positions outside ``mask`` (broadcastable to ``x.shape[:-1]``) set to 0."""
+    if mask is None:
+        return x
+    return jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
+
+
 class Bottleneck(nn.Module):
-    """torchvision Bottleneck (expansion 4, stride on conv2)."""
+    """torchvision Bottleneck (expansion 4, stride on conv2).
+
+    ``mask`` / ``out_mask`` (broadcastable to the input's / the output's ``(B, H, W)``; ``out_mask``
+    defaults to ``mask``): the positions that enter train-mode BN statistics; the input of the
+    3×3 ``conv2`` is zeroed outside ``mask`` (see the module docstring).
+    """
 
     planes: int
     stride: int = 1
@@ -63,23 +98,28 @@ class Bottleneck(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, train: bool, mask: Array | None = None) -> Array:
+    def __call__(
+        self, x: Array, train: bool, mask: Array | None = None, out_mask: Array | None = None
+    ) -> Array:
+        out_mask = mask if out_mask is None else out_mask
         bn = lambda name: BatchNorm(name=name, dtype=self.dtype)  # noqa: E731
         out = _conv(self.planes, 1, 1, "conv1", self.dtype)(x)
         out = nn.relu(bn("bn1")(out, not train, mask))
+        out = zero_outside(out, mask)
         out = _conv(self.planes, 3, self.stride, "conv2", self.dtype)(out)
-        out = nn.relu(bn("bn2")(out, not train, mask))
+        out = nn.relu(bn("bn2")(out, not train, out_mask))
         out = _conv(self.planes * 4, 1, 1, "conv3", self.dtype)(out)
-        out = bn("bn3")(out, not train, mask)
+        out = bn("bn3")(out, not train, out_mask)
         identity = x
         if self.downsample:
             identity = _conv(self.planes * 4, 1, self.stride, "downsample_conv", self.dtype)(x)
-            identity = bn("downsample_bn")(identity, not train, mask)
+            identity = bn("downsample_bn")(identity, not train, out_mask)
         return nn.relu(out + identity)
 
 
 class BasicBlock(nn.Module):
-    """torchvision BasicBlock (ResNet-18/34)."""
+    """torchvision BasicBlock (ResNet-18/34). ``mask`` / ``out_mask`` as :class:`Bottleneck`;
+    the inputs of both 3×3 convolutions are zeroed outside them."""
 
     planes: int
     stride: int = 1
@@ -87,16 +127,20 @@ class BasicBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, train: bool, mask: Array | None = None) -> Array:
+    def __call__(
+        self, x: Array, train: bool, mask: Array | None = None, out_mask: Array | None = None
+    ) -> Array:
+        out_mask = mask if out_mask is None else out_mask
         bn = lambda name: BatchNorm(name=name, dtype=self.dtype)  # noqa: E731
-        out = _conv(self.planes, 3, self.stride, "conv1", self.dtype)(x)
-        out = nn.relu(bn("bn1")(out, not train, mask))
+        out = _conv(self.planes, 3, self.stride, "conv1", self.dtype)(zero_outside(x, mask))
+        out = nn.relu(bn("bn1")(out, not train, out_mask))
+        out = zero_outside(out, out_mask)
         out = _conv(self.planes, 3, 1, "conv2", self.dtype)(out)
-        out = bn("bn2")(out, not train, mask)
+        out = bn("bn2")(out, not train, out_mask)
         identity = x
         if self.downsample:
             identity = _conv(self.planes, 1, self.stride, "downsample_conv", self.dtype)(x)
-            identity = bn("downsample_bn")(identity, not train, mask)
+            identity = bn("downsample_bn")(identity, not train, out_mask)
         return nn.relu(out + identity)
 
 
@@ -115,6 +159,10 @@ def _make_stage(depth: int, width: int, stage: int, in_channels: int, stride: in
 class Backbone(nn.Module):
     """res1–res4: ``images (B, H, W, 3)`` normalised → ``feat_res4 (B, H/16, W/16, C4)``.
 
+    ``canvas (B, 2)``: the reference's padded canvas ``(h, w)`` of each image in input pixels
+    (``ops/canvas.py``); inside it the output equals the reference's on that canvas (module
+    docstring). ``None``: the whole array is the canvas. The input must be zero outside it.
+
     ``conv1`` and ``bn1``'s affine parameters are frozen by the optimizer (see train_lib), not here;
     ``bn1``'s running statistics still update in training, as in the reference.
     """
@@ -124,8 +172,15 @@ class Backbone(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, train: bool) -> Array:
+    def __call__(self, x: Array, train: bool, canvas: Array | None = None) -> Array:
         check_depth(self.depth)
+        h, w = x.shape[1:3]
+
+        def mask(stride: int):
+            if canvas is None:
+                return None
+            return region_mask(canvas, -(-h // stride), -(-w // stride), stride)
+
         x = x.astype(self.dtype)
         x = nn.Conv(
             self.width,
@@ -138,14 +193,32 @@ class Backbone(nn.Module):
             param_dtype=jnp.float32,
             name="conv1",
         )(x)
-        x = nn.relu(BatchNorm(name="bn1", dtype=self.dtype)(x, not train))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        in_ch = self.width
+        m = mask(2)
+        x = nn.relu(BatchNorm(name="bn1", dtype=self.dtype)(x, not train, m))
+        x = nn.max_pool(zero_outside(x, m), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        in_ch, at = self.width, 4  # ``at``: the stride of x
         for stage, stride in ((1, 1), (2, 2), (3, 2)):
             for block in _make_stage(self.depth, self.width, stage, in_ch, stride, self.dtype):
-                x = block(x, train)
+                out_at = at * block.stride
+                x = block(x, train, mask(at), mask(out_at))
+                at = out_at
             in_ch = stage_out_channels(self.depth, self.width, stage)
         return x
+
+
+def global_max_pool(x: Array) -> Array:
+    """``adaptive_max_pool2d(x, 1)``: ``(R, H, W, C)`` → ``(R, C)``, the gradient going to the
+    first maximum of each channel, as torch's (index-based) backward does.
+
+    Not ``jnp.max``: its gradient marks the positions *equal* to the forward answer, and under
+    ``jit`` XLA may recompute the operand in the backward pass with other roundings, so that
+    equality fails for some channels (no gradient) or holds twice; measured on CPU, 1e-6 changes
+    of the input moved the res5 head's parameter gradients by up to 80 %.
+    """
+    r, h, w, c = x.shape
+    flat = x.reshape(r, h * w, c)
+    idx = jnp.argmax(flat, axis=1)
+    return jnp.take_along_axis(flat, idx[:, None, :], axis=1)[:, 0]
 
 
 class Res5Head(nn.Module):
@@ -162,13 +235,13 @@ class Res5Head(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool, mask: Array | None = None) -> Tuple[Array, Array]:
-        feat_res4 = jnp.max(x, axis=(1, 2))
+        feat_res4 = global_max_pool(x)
         in_ch = stage_out_channels(self.depth, self.width, 3)
         m = None if mask is None else mask[:, None, None]
         y = x.astype(self.dtype)
         for block in _make_stage(self.depth, self.width, 4, in_ch, 2, self.dtype):
             y = block(y, train, m)
-        feat_res5 = jnp.max(y, axis=(1, 2))
+        feat_res5 = global_max_pool(y)
         return feat_res4.astype(jnp.float32), feat_res5.astype(jnp.float32)
 
 

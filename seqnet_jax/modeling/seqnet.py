@@ -9,6 +9,11 @@
     oim        embeddings, pids → OIM loss (and the LUT/CQ update)
 
 The module-level functions below wrap them into the stages used between the host steps.
+
+Padding: every method takes the reference's padded ``canvas (B, 2)`` (``ops/canvas.py``): the
+batch's largest image rounded up to 32 in training, each image's own at test time (the
+reference's test batches hold one image). The stage functions compute it from ``image_sizes``
+(:func:`canvas_for`), so any padding bucket at least that large gives the reference's numbers.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from seqnet_jax.modeling.heads import (
 )
 from seqnet_jax.modeling.oim import OIM
 from seqnet_jax.ops import anchors as anchor_ops
+from seqnet_jax.ops import canvas as canvas_ops
 from seqnet_jax.ops.box_ops import BoxCoder, clip_boxes
 from seqnet_jax.ops.roi_align import roi_align_batched, roi_align_matmul
 
@@ -79,12 +85,17 @@ class SeqNet(nn.Module):
         )
 
     # -- pieces --------------------------------------------------------------------------------
-    def features(self, images: Array, image_sizes: Array, train: bool) -> Array:
+    def features(
+        self, images: Array, image_sizes: Array, train: bool, canvas: Array | None = None
+    ) -> Array:
         """``images (B, H, W, 3)`` RGB in 0..255, zero padded → ``feat_res4 (B, H/16, W/16, C4)``.
 
         Normalises with the ImageNet mean/std and re-zeroes the padding (in normalised space, as
-        the reference's batching does) from ``image_sizes (B, 2)`` = unpadded (h, w).
+        the reference's batching does) from ``image_sizes (B, 2)`` = unpadded (h, w). ``canvas``
+        defaults to :func:`canvas_for` ``(image_sizes, train)``.
         """
+        if canvas is None:
+            canvas = canvas_for(image_sizes, train)
         mean = jnp.asarray(IMAGENET_MEAN, jnp.float32) * 255.0
         std = jnp.asarray(IMAGENET_STD, jnp.float32) * 255.0
         x = (images.astype(jnp.float32) - mean) / std
@@ -93,49 +104,64 @@ class SeqNet(nn.Module):
             jnp.arange(w)[None, None, :] < image_sizes[:, 1, None, None]
         )
         x = jnp.where(inside[..., None], x, 0.0)
-        return self.backbone(x, train)
+        return self.backbone(x, train, canvas)
 
-    def rpn(self, feat: Array) -> Tuple[Array, Array]:
-        """``feat`` → ``(logits (B, H*W*A), deltas (B, H*W*A, 4))`` in (y, x, anchor) order."""
+    def rpn(self, feat: Array, canvas: Array | None = None) -> Tuple[Array, Array]:
+        """``feat`` → ``(logits (B, H*W*A), deltas (B, H*W*A, 4))`` in (y, x, anchor) order.
+
+        With ``canvas``, the 3×3 conv sees zeros outside it (the reference's zero padding) and
+        the logits of anchors outside the canvas grid (which the reference does not have) are
+        ``-inf``.
+        """
+        b, fh, fw = feat.shape[:3]
+        if canvas is not None:
+            inside = canvas_ops.region_mask(canvas, fh, fw, FEATURE_STRIDE)
+            feat = jnp.where(inside[..., None], feat, jnp.zeros((), feat.dtype))
         logits, deltas = self.rpn_head(feat)
-        b = feat.shape[0]
-        return logits.reshape(b, -1), deltas.reshape(b, -1, 4)
+        logits, deltas = logits.reshape(b, -1), deltas.reshape(b, -1, 4)
+        if canvas is not None:
+            keep = canvas_ops.anchors_inside(canvas, fh, fw, self.num_anchors, FEATURE_STRIDE)
+            logits = jnp.where(keep, logits, -jnp.inf)
+        return logits, deltas
 
-    def pool(self, feat: Array, rois: Array) -> Array:
-        """Legacy RoIAlign 14×14 at 1/16: ``(B, R, 4)`` → ``(B*R, 14, 14, C4)``."""
+    def pool(self, feat: Array, rois: Array, canvas: Array | None = None) -> Array:
+        """Legacy RoIAlign 14×14 at 1/16: ``(B, R, 4)`` → ``(B*R, 14, 14, C4)``, each image's
+        feature map taken as its canvas's (``canvas / 16``) when ``canvas`` is given."""
         b, r = rois.shape[:2]
         fn = roi_align_matmul if self.roi_align_impl == "matmul" else roi_align_batched
+        extents = None if canvas is None else canvas // FEATURE_STRIDE
         x = fn(
             feat,
             jax.lax.stop_gradient(rois),
             self.roi_size,
             1.0 / FEATURE_STRIDE,
             self.sampling_ratio,
+            extents,
         )
         return x.reshape((b * r,) + x.shape[2:])
 
-    def box_stage(self, feat: Array, rois: Array, roi_valid: Array, train: bool):
+    def box_stage(self, feat: Array, rois: Array, roi_valid: Array, train: bool, canvas=None):
         """First stage. ``rois (B, R, 4)`` → ``(class_logits (B, R, 2), deltas (B, R, 8))``."""
         b, r = rois.shape[:2]
         mask = roi_valid.reshape(-1)
-        _, res5 = self.box_head(self.pool(feat, rois), train, mask)
+        _, res5 = self.box_head(self.pool(feat, rois, canvas), train, mask)
         logits, deltas = self.faster_rcnn_predictor(res5)
         return logits.reshape(b, r, -1), deltas.reshape(b, r, -1)
 
-    def reid_stage(self, feat: Array, rois: Array, roi_valid: Array, train: bool):
+    def reid_stage(self, feat: Array, rois: Array, roi_valid: Array, train: bool, canvas=None):
         """Second stage. ``rois (B, R, 4)`` →
         ``(deltas (B, R, 8), emb (B, R, D), nae_logits (B, R))``."""
         b, r = rois.shape[:2]
         mask = roi_valid.reshape(-1)
-        res4, res5 = self.reid_head(self.pool(feat, rois), train, mask)
+        res4, res5 = self.reid_head(self.pool(feat, rois, canvas), train, mask)
         deltas = self.box_predictor(res5, train, mask)
         emb, logits = self.embedding_head(res4, res5, train, mask)
         return deltas.reshape(b, r, -1), emb.reshape(b, r, -1), logits.reshape(b, r)
 
-    def embed(self, feat: Array, rois: Array, roi_valid: Array) -> Array:
+    def embed(self, feat: Array, rois: Array, roi_valid: Array, canvas=None) -> Array:
         """Query/GT-box embeddings (§2.10), eval mode: ``(B, R, 4)`` → unit ``(B, R, D)``."""
         b, r = rois.shape[:2]
-        res4, res5 = self.reid_head(self.pool(feat, rois), False, None)
+        res4, res5 = self.reid_head(self.pool(feat, rois, canvas), False, None)
         emb, _ = self.embedding_head(res4, res5, False, None)
         return emb.reshape(b, r, -1)
 
@@ -144,12 +170,20 @@ class SeqNet(nn.Module):
 
     def __call__(self, images, image_sizes, rois, roi_valid, pids, train: bool = False):
         """Touches every submodule (used by ``init``)."""
-        feat = self.features(images, image_sizes, train)
-        self.rpn(feat)
-        self.box_stage(feat, rois, roi_valid, train)
-        _, emb, _ = self.reid_stage(feat, rois, roi_valid, train)
+        canvas = canvas_for(image_sizes, train)
+        feat = self.features(images, image_sizes, train, canvas)
+        self.rpn(feat, canvas)
+        self.box_stage(feat, rois, roi_valid, train, canvas)
+        _, emb, _ = self.reid_stage(feat, rois, roi_valid, train, canvas)
         d = emb.shape[-1]
         return self.oim(emb.reshape(-1, d), pids.reshape(-1), roi_valid.reshape(-1), update=False)
+
+
+def canvas_for(image_sizes: Array, train: bool) -> Array:
+    """The reference's padded canvas ``(B, 2)`` for a batch (§2.2 item 4): in training the
+    batch's largest image rounded up to 32, at test time each image's own (its batches hold one
+    image). See ``ops/canvas.py``."""
+    return canvas_ops.canvas_sizes(image_sizes, per_image=not train)
 
 
 def build_model(model_cfg, num_pids: int) -> SeqNet:
@@ -209,9 +243,11 @@ def propose(model: SeqNet, variables, images, image_sizes, *, pre_nms_top_n: int
     ``scores (B, K)`` raw objectness logits sorted descending, K = min(pre_nms_top_n, #anchors).
     """
 
+    canvas = canvas_for(image_sizes, False)
+
     def fn(m):
-        feat = m.features(images, image_sizes, False)
-        logits, deltas = m.rpn(feat)
+        feat = m.features(images, image_sizes, False, canvas)
+        logits, deltas = m.rpn(feat, canvas)
         return feat, logits, deltas
 
     feat, logits, deltas = model.apply(variables, method=fn)
@@ -220,7 +256,11 @@ def propose(model: SeqNet, variables, images, image_sizes, *, pre_nms_top_n: int
 
 
 def rpn_top_k(model: SeqNet, logits, deltas, image_sizes, feat_hw, pre_nms_top_n: int):
-    """The ``pre_nms_top_n`` best anchors per image: boxes decoded and clipped, raw logits."""
+    """The ``pre_nms_top_n`` best anchors per image: boxes decoded and clipped, raw logits.
+
+    Anchors outside the reference canvas have logit ``-inf`` (``SeqNet.rpn``): they come last,
+    and when the canvas has fewer than ``pre_nms_top_n`` anchors (the reference then takes them
+    all) the surplus entries keep ``-inf``, which the host NMS treats as absent."""
     anchors = jnp.asarray(anchors_for(model, feat_hw[0], feat_hw[1]))
     k = min(pre_nms_top_n, logits.shape[1])
     scores, idx = jax.lax.top_k(jax.lax.stop_gradient(logits), k)
@@ -233,7 +273,10 @@ def rpn_top_k(model: SeqNet, logits, deltas, image_sizes, feat_hw, pre_nms_top_n
 def first_stage(model: SeqNet, variables, feat, rois, roi_valid, image_sizes):
     """Eval first-stage boxes and scores: class-1 boxes decoded w.r.t. ``rois`` with (10,10,5,5),
     clipped; ``scores`` = softmax person probability. ``(B, R, 4)`` → ``(B, R, 4), (B, R)``."""
-    logits, deltas = model.apply(variables, feat, rois, roi_valid, False, method=SeqNet.box_stage)
+    canvas = canvas_for(image_sizes, False)
+    logits, deltas = model.apply(
+        variables, feat, rois, roi_valid, False, canvas, method=SeqNet.box_stage
+    )
     return first_stage_boxes(logits, deltas, rois, image_sizes)
 
 
@@ -249,8 +292,10 @@ def second_stage(model: SeqNet, variables, feat, rois, roi_valid, image_sizes):
     """Eval second stage (§2.9 step 3–4): refined boxes (decoded w.r.t. ``rois``, clipped) and
     unit embeddings pooled from ``rois``. ``(B, R, 4)`` → ``(B, R, 4), (B, R, D)``."""
 
+    canvas = canvas_for(image_sizes, False)
+
     def fn(m):
-        return m.reid_stage(feat, rois, roi_valid, False)
+        return m.reid_stage(feat, rois, roi_valid, False, canvas)
 
     deltas, emb, _ = model.apply(variables, method=fn)
     boxes = ROI_CODER.decode(deltas[..., 4:8], rois)
@@ -261,8 +306,10 @@ def second_stage(model: SeqNet, variables, feat, rois, roi_valid, image_sizes):
 def embed_boxes(model: SeqNet, variables, images, image_sizes, boxes, box_valid):
     """Embeddings of given boxes (queries, GT boxes), eval mode: ``(B, K, 4)`` → ``(B, K, D)``."""
 
+    canvas = canvas_for(image_sizes, False)
+
     def fn(m):
-        feat = m.features(images, image_sizes, False)
-        return m.embed(feat, boxes, box_valid)
+        feat = m.features(images, image_sizes, False, canvas)
+        return m.embed(feat, boxes, box_valid, canvas)
 
     return model.apply(variables, method=fn)

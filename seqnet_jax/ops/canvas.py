@@ -61,18 +61,6 @@ def region_mask(canvas, height: int, width: int, stride: int, xp: Any = jnp):
     return rows & cols
 
 
-def check_bucket(hw, name: str = "data.buckets") -> None:
-    """A bucket must be a multiple of 32 on both sides, so it holds the reference canvas of any
-    image it holds (else the reference's padding cannot be reproduced inside it)."""
-    h, w = (int(v) for v in hw)
-    if h <= 0 or w <= 0 or h % SIZE_DIVISIBLE or w % SIZE_DIVISIBLE:
-        raise ValueError(
-            f"{name}: bucket {h}x{w} (h x w) must have both sides positive multiples of "
-            f"{SIZE_DIVISIBLE} (the reference pads every image to a multiple of "
-            f"{SIZE_DIVISIBLE}); e.g. {round_up(max(h, 1))}x{round_up(max(w, 1))}"
-        )
-
-
 def anchor_index_to_grid(index, canvas_feat_w: int, grid_w: int, num_anchors: int):
     """Anchor indices of a ``(hc, canvas_feat_w)`` grid → indices into a wider ``grid_w`` grid.
 
@@ -97,7 +85,6 @@ __all__ = [
     "anchor_index_to_grid",
     "anchors_inside",
     "canvas_sizes",
-    "check_bucket",
     "region_mask",
     "round_up",
 ]

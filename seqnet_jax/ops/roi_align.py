@@ -6,6 +6,11 @@ cut into ``S × S`` bins, and each bin averages ``sr × sr`` bilinear samples at
 ``x > W`` contributes 0; negative coordinates are clamped to 0; a sample whose ``floor`` reaches
 the last row/column reads that row/column only.
 
+``extent`` (optional, ``(h, w)`` per image) is the size of the feature map the reference has: its
+padded canvas at the feature stride, which can be smaller than the array (our fixed padding
+buckets). Bounds and the last-row/column clamping then use it, so the array beyond it is never
+read and the result equals the reference's on its smaller map.
+
 The bilinear weights are separable, so the op is a handful of gathers of ``(R, S, S, C)`` slices
 of the feature map (one per sample offset and corner) summed with per-sample weights: no dense
 ``(R, S*S, H*W)`` interpolation matrix. Gradients flow to ``features`` (scatter-add); the boxes
@@ -15,7 +20,7 @@ are treated as constants (torchvision has no box gradient either).
 from __future__ import annotations
 
 from functools import partial
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -30,18 +35,22 @@ def _pair(output_size: Size) -> Tuple[int, int]:
     return int(sh), int(sw)
 
 
-def _axis_samples(start, bin_size, n_bins: int, sr: int, size: int):
+def _axis_samples(start, bin_size, n_bins: int, sr: int, size):
     """Sample positions along one axis and their bilinear indices/weights.
 
-    ``start``/``bin_size`` ``(R,)`` → ``low, high`` int32 and ``w_low, w_high`` float32, each
-    ``(R, n_bins, sr)``; invalid samples get zero weights.
+    ``start``/``bin_size`` ``(R,)``, ``size`` the map's extent along the axis (an int, or
+    ``(R,)``) → ``low, high`` int32 and ``w_low, w_high`` float32, each ``(R, n_bins, sr)``;
+    invalid samples get zero weights.
     """
+    size = jnp.asarray(size, jnp.int32)
+    if size.ndim == 1:
+        size = size[:, None, None]
     p = jnp.arange(n_bins, dtype=jnp.float32)[None, :, None]
     i = (jnp.arange(sr, dtype=jnp.float32) + 0.5)[None, None, :]
     start = start[:, None, None]
     bin_size = bin_size[:, None, None]
     coord = start + p * bin_size + i * bin_size / sr
-    invalid = (coord < -1.0) | (coord > size)
+    invalid = (coord < -1.0) | (coord > size.astype(jnp.float32))
     coord = jnp.maximum(coord, 0.0)
     low = jnp.floor(coord).astype(jnp.int32)
     at_end = low >= size - 1
@@ -60,6 +69,7 @@ def roi_align(
     output_size: Size = 14,
     spatial_scale: float = 1.0 / 16,
     sampling_ratio: int = 2,
+    extent: Optional[jax.Array] = None,
 ) -> jax.Array:
     """Legacy RoIAlign of one image.
 
@@ -70,6 +80,8 @@ def roi_align(
       spatial_scale: feature pixels per image pixel (1/16 for res4).
       sampling_ratio: samples per bin along each axis (must be > 0; the adaptive
         ``sampling_ratio <= 0`` mode of torchvision has data-dependent shapes).
+      extent: optional ``(2,)`` int ``(h, w) <= (H, W)``: the map's size as the reference has it
+        (see the module docstring); default ``(H, W)``.
 
     Returns:
       ``(R, S_h, S_w, C)`` in ``features.dtype`` (accumulated in float32).
@@ -83,6 +95,8 @@ def roi_align(
         raise ValueError(f"roi_align: sampling_ratio must be > 0, got {sampling_ratio}")
     sh, sw = _pair(output_size)
     height, width, _ = features.shape
+    if extent is not None:
+        height, width = extent[0], extent[1]
 
     boxes = jax.lax.stop_gradient(boxes).astype(jnp.float32)
     scale = jnp.float32(spatial_scale)
@@ -115,6 +129,14 @@ def roi_align(
     return out.astype(features.dtype)
 
 
+def _extents(extents, features: jax.Array) -> jax.Array:
+    """``(B, 2)`` int32 extents, capped at the array's ``(H, W)``."""
+    e = jnp.asarray(extents, jnp.int32)
+    if e.shape != (features.shape[0], 2):
+        raise ValueError(f"extents must be (B, 2) = ({features.shape[0]}, 2), got {e.shape}")
+    return jnp.minimum(e, jnp.asarray(features.shape[1:3], jnp.int32))
+
+
 def _check_batched(features: jax.Array, boxes: jax.Array, name: str) -> None:
     if features.ndim != 4:
         raise ValueError(f"{name}: features must be (B, H, W, C), got shape {features.shape}")
@@ -130,9 +152,11 @@ def roi_align_batched(
     output_size: Size = 14,
     spatial_scale: float = 1.0 / 16,
     sampling_ratio: int = 2,
+    extents: Optional[jax.Array] = None,
 ) -> jax.Array:
     """:func:`roi_align` over a batch: ``features (B, H, W, C)``, ``boxes (B, R, 4)`` →
-    ``(B, R, S_h, S_w, C)``. Image ``b``'s boxes only read image ``b``'s features."""
+    ``(B, R, S_h, S_w, C)``. Image ``b``'s boxes only read image ``b``'s features, within
+    ``extents[b]`` (``(B, 2)`` int, optional)."""
     _check_batched(features, boxes, "roi_align_batched")
     fn = partial(
         roi_align,
@@ -140,13 +164,19 @@ def roi_align_batched(
         spatial_scale=spatial_scale,
         sampling_ratio=sampling_ratio,
     )
-    return jax.vmap(fn)(features, boxes)
+    if extents is None:
+        return jax.vmap(fn)(features, boxes)
+    return jax.vmap(lambda f, b, e: fn(f, b, extent=e))(
+        features, boxes, _extents(extents, features)
+    )
 
 
-def _axis_weights(start, bin_size, n_bins: int, sr: int, size: int) -> jax.Array:
+def _axis_weights(start, bin_size, n_bins: int, sr: int, size: int, extent=None) -> jax.Array:
     """Interpolation matrix of one axis: ``(R, n_bins, size)``, the average over the ``sr``
-    samples of each bin of their two-tap bilinear weights (zero for invalid samples)."""
-    low, high, w_low, w_high = _axis_samples(start, bin_size, n_bins, sr, size)
+    samples of each bin of their two-tap bilinear weights (zero for invalid samples);
+    ``extent (R,)``: the map's extent per RoI (default ``size``)."""
+    ext = size if extent is None else extent
+    low, high, w_low, w_high = _axis_samples(start, bin_size, n_bins, sr, ext)
     onehot = lambda idx: jax.nn.one_hot(idx, size, dtype=jnp.float32)  # noqa: E731
     m = onehot(low) * w_low[..., None] + onehot(high) * w_high[..., None]  # (R, n, sr, size)
     return jnp.sum(m, axis=2) / float(sr)
@@ -158,6 +188,7 @@ def roi_align_matmul(
     output_size: Size = 14,
     spatial_scale: float = 1.0 / 16,
     sampling_ratio: int = 2,
+    extents: Optional[jax.Array] = None,
 ) -> jax.Array:
     """Same values as :func:`roi_align_batched`, computed as two matrix products.
 
@@ -180,8 +211,12 @@ def roi_align_matmul(
     x1, y1 = bx[:, 0] * scale, bx[:, 1] * scale
     roi_w = jnp.maximum(bx[:, 2] * scale - x1, 1.0)
     roi_h = jnp.maximum(bx[:, 3] * scale - y1, 1.0)
-    ay = _axis_weights(y1, roi_h / sh, sh, sr, height).reshape(b, r, sh, height)
-    ax = _axis_weights(x1, roi_w / sw, sw, sr, width).reshape(b, r, sw, width)
+    ey = ex = None
+    if extents is not None:
+        e = jnp.repeat(_extents(extents, features), r, axis=0)  # (B*R, 2)
+        ey, ex = e[:, 0], e[:, 1]
+    ay = _axis_weights(y1, roi_h / sh, sh, sr, height, ey).reshape(b, r, sh, height)
+    ax = _axis_weights(x1, roi_w / sw, sw, sr, width, ex).reshape(b, r, sw, width)
     dt = features.dtype
     t = jnp.einsum("brjw,bhwc->brhjc", ax.astype(dt), features, preferred_element_type=jnp.float32)
     out = jnp.einsum("brih,brhjc->brijc", ay.astype(jnp.float32), t)

@@ -48,17 +48,19 @@ def compute_losses(model: SeqNet, variables, batch, rpn, s1, s2):
         ``targets (B,R,4)``, ``valid (B,R)``.
     """
 
+    canvas = seqnet.canvas_for(batch["image_sizes"], True)
+
     def fwd(m: SeqNet):
-        feat = m.features(batch["images"], batch["image_sizes"], True)
-        cls1, d1 = m.box_stage(feat, s1["boxes"], s1["valid"], True)
-        return _head_losses(m, feat, cls1, d1, rpn, s1, s2)
+        feat = m.features(batch["images"], batch["image_sizes"], True, canvas)
+        cls1, d1 = m.box_stage(feat, s1["boxes"], s1["valid"], True, canvas)
+        return _head_losses(m, feat, canvas, cls1, d1, rpn, s1, s2)
 
     return model.apply(variables, method=fwd, mutable=["batch_stats", "oim_state"])
 
 
-def _head_losses(m: SeqNet, feat, cls1, d1, rpn, s1, s2):
+def _head_losses(m: SeqNet, feat, canvas, cls1, d1, rpn, s1, s2):
     """The seven losses given the backbone features and the first-stage outputs."""
-    logits, deltas = m.rpn(feat)
+    logits, deltas = m.rpn(feat, canvas)
     idx = rpn["indices"]
     sl = jnp.take_along_axis(logits, idx, axis=1).reshape(-1)
     sd = jnp.take_along_axis(deltas, idx[..., None], axis=1).reshape(-1, 4)
@@ -76,7 +78,7 @@ def _head_losses(m: SeqNet, feat, cls1, d1, rpn, s1, s2):
         s1["targets"].reshape(-1, 4),
         s1["valid"].reshape(-1),
     )
-    d2, emb, nae = m.reid_stage(feat, s2["boxes"], s2["valid"], True)
+    d2, emb, nae = m.reid_stage(feat, s2["boxes"], s2["valid"], True, canvas)
     pids2, valid2 = s2["pids"].reshape(-1), s2["valid"].reshape(-1)
     box_reg = L.box_reg_loss(d2.reshape(-1, 8), pids2, s2["targets"].reshape(-1, 4), valid2)
     box_cls = L.nae_cls_loss(nae.reshape(-1), pids2, valid2)
@@ -151,24 +153,26 @@ BOX_STAGE_PARAMS = ("box_head", "faster_rcnn_predictor")
 
 def propose_train(model: SeqNet, variables, images, image_sizes, *, pre_nms_top_n: int):
     """Training propose: ``seqnet.propose`` with train-mode BN, returning ``boxes, scores`` and a
-    ``cache`` with ``feat``, the backbone's VJP (w.r.t. ``params['backbone']``) and the batch
-    statistics with the backbone's updated."""
+    ``cache`` with ``feat``, the batch's reference ``canvas`` (``seqnet.canvas_for``), the
+    backbone's VJP (w.r.t. ``params['backbone']``) and the batch statistics with the backbone's
+    updated."""
     params = variables["params"]
+    canvas = seqnet.canvas_for(image_sizes, True)
 
     def trunk(backbone):
         p = _freeze({**params, "backbone": backbone})
         v = {"params": p, "batch_stats": variables["batch_stats"]}
         feat, upd = model.apply(
-            v, images, image_sizes, True, method=SeqNet.features, mutable=["batch_stats"]
+            v, images, image_sizes, True, canvas, method=SeqNet.features, mutable=["batch_stats"]
         )
         return feat, upd["batch_stats"]
 
     feat, trunk_vjp, batch_stats = jax.vjp(trunk, params["backbone"], has_aux=True)
-    logits, deltas = model.apply({"params": params}, feat, method=SeqNet.rpn)
+    logits, deltas = model.apply({"params": params}, feat, canvas, method=SeqNet.rpn)
     boxes, scores = seqnet.rpn_top_k(
         model, logits, deltas, image_sizes, feat.shape[1:3], pre_nms_top_n
     )
-    cache = {"feat": feat, "trunk_vjp": trunk_vjp, "batch_stats": batch_stats}
+    cache = {"feat": feat, "canvas": canvas, "trunk_vjp": trunk_vjp, "batch_stats": batch_stats}
     return boxes, scores, cache
 
 
@@ -182,7 +186,14 @@ def first_stage_train(model: SeqNet, variables, cache, rois, roi_valid, image_si
         p = {**params, **sub}
         v = {"params": p, "batch_stats": cache["batch_stats"]}
         out, upd = model.apply(
-            v, feat, rois, roi_valid, True, method=SeqNet.box_stage, mutable=["batch_stats"]
+            v,
+            feat,
+            rois,
+            roi_valid,
+            True,
+            cache["canvas"],
+            method=SeqNet.box_stage,
+            mutable=["batch_stats"],
         )
         return out, upd["batch_stats"]
 
@@ -214,7 +225,7 @@ def staged_train_step(
         }
         losses, new_vars = model.apply(
             variables,
-            method=lambda m: _head_losses(m, feat, cls1, d1, rpn, s1, s2),
+            method=lambda m: _head_losses(m, feat, cache["canvas"], cls1, d1, rpn, s1, s2),
             mutable=["batch_stats", "oim_state"],
         )
         total = sum(weights[k] * losses[k] for k in L.LOSS_NAMES)
