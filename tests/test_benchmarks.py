@@ -38,6 +38,15 @@ def test_every_documented_benchmark_command_parses():
         assert args.iters > 0 and args.warmup >= 0
 
 
+def test_every_documented_gpu_check_command_parses():
+    from benchmarks import gpu_check
+
+    commands = _documented_commands("gpu_check.sh") + _documented_commands("gpu_check.py")
+    assert ["--tiny", "--out", "/tmp/gpu_check"] in commands and ["--prepare"] in commands
+    for argv in commands:
+        gpu_check.parse_args(argv)
+
+
 def test_unknown_flag_is_refused():
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--no_such_flag"])
