@@ -508,28 +508,92 @@ def _check_reference_structure(layout: ModelLayout, sd: Mapping[str, np.ndarray]
             )
 
 
+# Other spellings of reference keys, by the torchvision that saved them: the reference code run
+# under torchvision >= 0.13 builds torchvision's RPNHead v2, whose 3x3 conv is
+# ``Sequential(Conv2dNormActivation(Conv2d))`` (torchvision itself maps the old names on load).
+KEY_LAYOUTS: Dict[str, Dict[str, str]] = {
+    "torchvision >= 0.13 (RPNHead v2)": {
+        "rpn.head.conv.0.0.weight": "rpn.head.conv.weight",
+        "rpn.head.conv.0.0.bias": "rpn.head.conv.bias",
+    },
+}
+
+
+def normalize_reference_keys(sd: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """Rename the keys of the other known layouts (:data:`KEY_LAYOUTS`) to the released one.
+
+    Returns ``(state dict, names of the layouts found)``. A key present in both spellings is an
+    error (the file would hold two different tensors for one weight).
+    """
+    out = dict(sd)
+    found = []
+    for layout, renames in KEY_LAYOUTS.items():
+        hits = [k for k in renames if k in out]
+        if not hits:
+            continue
+        found.append(layout)
+        for k in hits:
+            if renames[k] in out:
+                raise ValueError(
+                    f"the checkpoint has both {k} ({layout}) and {renames[k]} (released layout)"
+                )
+            out[renames[k]] = out.pop(k)
+    return out, found
+
+
+def _other_spellings(key: str) -> List[str]:
+    return [
+        f"{alt} ({layout})" for layout, r in KEY_LAYOUTS.items() for alt, k in r.items() if k == key
+    ]
+
+
+def _unplaced_keys_message(missing: List[str], unused: List[str], sd: Mapping) -> str:
+    """Names the model keys no checkpoint key could be placed into, how they are spelled in the
+    layouts we know, and what the checkpoint has that looks like them."""
+    import difflib
+
+    lines = []
+    for k in missing[:8]:
+        spell = [f"{k} (released layout)"] + _other_spellings(k)
+        near = difflib.get_close_matches(k, unused, n=3, cutoff=0.6)
+        near = [f"{u} {tuple(np.shape(sd[u]))}" for u in near]
+        lines.append(
+            f"  {k}: expected as {' or '.join(spell)}"
+            + (f"; the checkpoint has {', '.join(near)}" if near else "")
+        )
+    more = f"\n  … ({len(missing)} in all)" if len(missing) > 8 else ""
+    return (
+        f"could not place {len(missing)} weights of the model from the checkpoint (an unknown "
+        "key layout, or not a SeqNet checkpoint of this architecture):\n"
+        + "\n".join(lines)
+        + more
+        + (f"\nunused checkpoint keys: {', '.join(unused[:8])}" if unused else "")
+    )
+
+
 def import_reference_state_dict(
     variables: Mapping, state_dict: Mapping[str, Any], allow_missing: bool = False
 ) -> Tuple[Dict, ImportReport]:
     """Reference SeqNet state dict → ``(new variables, report)``; ``variables`` is not modified.
 
-    Raises ``ValueError`` on a differently built model (depth, width, embedding size, BN neck,
-    OIM sizes: the message names the config field to set), on any shape mismatch (naming the
-    key, the expected and the got shape), and on missing model keys unless ``allow_missing``
-    (missing OIM buffers only warn: they do not affect evaluation).
+    Accepts the released key layout and those of :data:`KEY_LAYOUTS` (the reference code saved
+    under newer torchvision). Raises ``ValueError`` on a differently built model (depth, width,
+    embedding size, BN neck, OIM sizes: the message names the config field to set), on any shape
+    mismatch (naming the key, the expected and the got shape), and on model weights the
+    checkpoint does not hold (naming them, their spelling in the known layouts and the
+    checkpoint's nearest keys) unless ``allow_missing`` (a library option that keeps the model's
+    values; missing OIM buffers only warn: they do not affect evaluation).
     """
-    sd = read_state_dict(state_dict)
+    sd, layouts = normalize_reference_keys(read_state_dict(state_dict))
+    if layouts:
+        logging.info("reference checkpoint keys in the layout of %s", ", ".join(layouts))
     layout = model_layout(variables)
     _check_reference_structure(layout, sd)
     name_map = torch_to_flax_name_map(layout.depth, layout.bn_neck)
     out, report = _assign(variables, sd, name_map.items(), "reference checkpoint")
     hard_missing = [k for k in report.missing if k not in OIM_KEYS]
     if hard_missing and not allow_missing:
-        raise ValueError(
-            f"the checkpoint lacks {len(hard_missing)} keys of the model (e.g. "
-            f"{', '.join(hard_missing[:5])}); it is not a SeqNet checkpoint of this architecture "
-            "(pass allow_missing=True to keep the model's values for them)"
-        )
+        raise ValueError(_unplaced_keys_message(hard_missing, report.unused, sd))
     return out, report
 
 

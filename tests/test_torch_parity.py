@@ -206,6 +206,25 @@ def sub(variables, name):
     return {c: variables[c][name] for c in ("params", "batch_stats") if name in variables[c]}
 
 
+def test_checkpoint_saved_under_new_torchvision_imports_the_same(ref_model, our_variables):
+    """The reference model's RPN head as torchvision >= 0.13 builds it (``RPNHead`` v2, which
+    converts the released ``rpn.head.conv.*`` keys on load and saves ``rpn.head.conv.0.0.*``)."""
+    from torchvision.models.detection.rpn import RPNHead as TVRPNHead
+
+    head = TVRPNHead(1024, 15)
+    old = {k[len("rpn.head.") :]: v for k, v in ref_model.state_dict().items() if "rpn.head." in k}
+    head.load_state_dict(old)  # torchvision's own old → new key conversion
+    new = {f"rpn.head.{k}": v for k, v in head.state_dict().items()}
+    assert "rpn.head.conv.0.0.weight" in new and "rpn.head.conv.weight" not in new
+    sd = {k: v for k, v in ref_model.state_dict().items() if "rpn.head." not in k}
+    sd.update(new)
+    template = jax.tree.map(np.zeros_like, our_variables)
+    variables, report = W.import_reference_state_dict(template, sd)
+    assert report.missing == [] and report.unused == []
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(our_variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_reference_like_model_matches_the_spec_key_list(ref_model):
     if not KEYS_FILE.is_file():
         pytest.skip(f"{KEYS_FILE} not found")

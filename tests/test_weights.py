@@ -299,3 +299,31 @@ def test_convert_cli_npz(tmp_path, ref_sd):
     with np.load(dst) as z:
         assert sorted(z.files) == sorted(small)
     assert weights_cli.main(["weights"]) == 2
+
+
+def test_torchvision_v2_rpn_keys_load_like_the_released_ones(ref_sd, imported):
+    """The reference code run under torchvision >= 0.13 saves the RPN conv as
+    ``rpn.head.conv.0.0.*`` (RPNHead v2): same weights, same import."""
+    sd = dict(ref_sd)
+    for k in ("weight", "bias"):
+        sd[f"rpn.head.conv.0.0.{k}"] = sd.pop(f"rpn.head.conv.{k}")
+    v, report = W.import_reference_state_dict(template(), sd)
+    assert not report.missing and not report.unused
+    for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(imported[0]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    both = dict(sd, **{"rpn.head.conv.weight": ref_sd["rpn.head.conv.weight"]})
+    with pytest.raises(ValueError, match=r"both rpn\.head\.conv\.0\.0\.weight .* and rpn\.head"):
+        W.import_reference_state_dict(template(), both)
+
+
+def test_unknown_key_layout_names_the_unplaced_keys_and_the_known_spellings(ref_sd):
+    sd = dict(ref_sd)
+    for k in ("weight", "bias"):  # a layout we do not know
+        sd[f"rpn.head.conv.1.{k}"] = sd.pop(f"rpn.head.conv.{k}")
+    with pytest.raises(ValueError) as e:
+        W.import_reference_state_dict(template(), sd)
+    msg = str(e.value)
+    assert "could not place 2 weights" in msg
+    assert "rpn.head.conv.weight (released layout) or rpn.head.conv.0.0.weight" in msg
+    assert "the checkpoint has rpn.head.conv.1.weight (1024, 1024, 3, 3)" in msg
+    assert "allow_missing" not in msg
