@@ -66,12 +66,20 @@ class SeqNetInference:
         self.timings[name].append(t - t0)
         return t
 
-    def detect(self, batch: dict, query_boxes: Optional[np.ndarray] = None) -> List[Detections]:
+    def detect(
+        self,
+        batch: dict,
+        query_boxes: Optional[np.ndarray] = None,
+        cws: Optional[bool] = None,
+    ) -> List[Detections]:
         """Detect and embed every person of each valid image of ``batch``.
 
         ``query_boxes (B, 4)`` in resized coordinates switches to the query-as-gallery pass: CWS
-        off and the given box forced in first with score 1 (§2.10).
+        off and the given box forced in first with score 1 (§2.10). ``cws``: scale the gallery
+        embeddings by the scores (default: on for gallery passes, off for query-as-gallery).
         """
+        if cws is None:
+            cws = query_boxes is None
         rh, rpn = self.cfg.roi_head, self.cfg.rpn
         t = time.perf_counter()
         images, sizes = batch["images"], batch["image_sizes"]
@@ -124,7 +132,7 @@ class SeqNetInference:
                 e2[i, :n],
                 rh.nms_thresh_test_2,
                 rh.detections_per_image_test,
-                cws=query_boxes is None,
+                cws=cws,
                 forced_box=forced_box,
                 forced_embedding=forced_emb,
             )

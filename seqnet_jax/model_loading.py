@@ -180,6 +180,7 @@ def load_reference_checkpoint_model(
         st = os.stat(path)
         source, name = path, "reference_" + os.path.basename(path)
         source_id = f"reference:{path}:{st.st_size}:{st.st_mtime_ns}"
+    sd, _ = weights.normalize_reference_keys(sd)  # e.g. saved under torchvision >= 0.13
     rows = {}
     for key, size in zip(weights.OIM_KEYS, ("lut", "cq"), strict=True):
         v = sd.get(key)
