@@ -176,7 +176,7 @@ def load_reference_checkpoint_model(
         path = os.path.abspath(os.fspath(checkpoint))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"init.reference_checkpoint {path} does not exist")
-        sd, extras = weights.read_checkpoint_file(path)
+        sd, extras = weights.read_checkpoint_file(path, field="init.reference_checkpoint")
         st = os.stat(path)
         source, name = path, "reference_" + os.path.basename(path)
         source_id = f"reference:{path}:{st.st_size}:{st.st_mtime_ns}"

@@ -342,38 +342,93 @@ def _unwrap(obj: Any) -> Tuple[StateDict, Dict[str, Any]]:
     return sd, extras
 
 
-def read_checkpoint_file(path: str, weights_only: bool = True) -> Tuple[StateDict, Dict[str, Any]]:
+class WeightsFileError(ValueError):
+    """A file that should hold weights does not (names the file and, when known, the field)."""
+
+
+def _describe_bytes(head: bytes) -> str:
+    for magic, what in (
+        (b"\xff\xd8\xff", "a JPEG image"),
+        (b"\x89PNG", "a PNG image"),
+        (b"GIF8", "a GIF image"),
+        (b"\x1f\x8b", "a gzip archive"),
+        (b"{", "a JSON / text file"),
+    ):
+        if head.startswith(magic):
+            return what
+    return "neither a torch pickle/zip nor a .npz"
+
+
+def read_checkpoint_file(
+    path: str, weights_only: bool = True, field: str = ""
+) -> Tuple[StateDict, Dict[str, Any]]:
     """Read a ``.pth``/``.pt`` (needs torch) or ``.npz`` file → ``(state dict, other entries)``.
 
     ``other entries`` are the non-model items of a reference training checkpoint (``epoch``…;
     the optimizer state is dropped). ``weights_only=False`` allows arbitrary pickles: only for
-    files you trust.
+    files you trust. A file that holds no state dict (an image, random bytes, a truncated file)
+    raises :class:`WeightsFileError` naming it and ``field`` (the config field that named it).
     """
     path = os.fspath(path)
+    where = f" (set by --config.{field})" if field else ""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such checkpoint file: {path}")
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            return {k: np.asarray(z[k]) for k in z.files}, {}
+        raise FileNotFoundError(f"no such checkpoint file: {path}{where}")
+
+    def bad(reason: str) -> WeightsFileError:
+        return WeightsFileError(f"{path} is not a state-dict / checkpoint file{where}: {reason}")
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    is_zip, is_pickle = head.startswith(b"PK\x03\x04"), head[:1] == b"\x80"
+    if path.endswith(".npz") or (is_zip and _is_npz(path)):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                sd = {k: np.asarray(z[k]) for k in z.files}
+        except Exception as e:  # BadZipFile, pickled-data ValueError, truncated members, ...
+            raise bad(f"not a readable .npz of arrays ({type(e).__name__}: {e})") from e
+        if not sd:
+            raise bad("the .npz holds no arrays")
+        return sd, {}
+    if not (is_zip or is_pickle):
+        raise bad(f"it is {_describe_bytes(head)}")
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
-            f"reading {path} needs PyTorch (pip install torch), or convert it once elsewhere with "
-            f"'python -m seqnet_jax.weights convert {os.path.basename(path)} OUT.npz' and pass "
-            "the .npz file"
+            f"reading {path}{where} needs PyTorch (pip install torch), or convert it once "
+            f"elsewhere with 'python -m seqnet_jax.weights convert {os.path.basename(path)} "
+            "OUT.npz' and pass the .npz file"
         ) from e
-    obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    sd, extras = _unwrap(obj)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:
+        raise bad(f"torch.load failed ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    try:
+        sd, extras = _unwrap(obj)
+    except ValueError as e:
+        raise bad(str(e)) from e
     extras = {k: v for k, v in extras.items() if isinstance(v, (int, float, str))}
     return sd, extras
 
 
-def read_state_dict(path_or_state_dict: Union[str, os.PathLike, Mapping]) -> StateDict:
+def _is_npz(path: str) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except zipfile.BadZipFile:
+        return False
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
+def read_state_dict(
+    path_or_state_dict: Union[str, os.PathLike, Mapping], field: str = ""
+) -> StateDict:
     """A flat ``{key: np.ndarray}`` from a file path or an in-memory (torch or numpy) state dict."""
     if isinstance(path_or_state_dict, Mapping):
         return _unwrap(path_or_state_dict)[0]
-    return read_checkpoint_file(path_or_state_dict)[0]
+    return read_checkpoint_file(path_or_state_dict, field=field)[0]
 
 
 # -- the import -----------------------------------------------------------------------------------
@@ -607,7 +662,8 @@ def load_reference_checkpoint(
     See :func:`import_reference_state_dict`; the report is logged (warnings for missing/unused).
     """
     src = path_or_state_dict if not isinstance(path_or_state_dict, Mapping) else "<state dict>"
-    out, report = import_reference_state_dict(variables, path_or_state_dict, allow_missing)
+    sd = read_state_dict(path_or_state_dict, field="init.reference_checkpoint")
+    out, report = import_reference_state_dict(variables, sd, allow_missing)
     log = logging.warning if (report.missing or report.unused) else logging.info
     log("reference checkpoint %s: %s", src, report.summary())
     return out
@@ -673,7 +729,8 @@ def load_imagenet_into(variables: Mapping, path: Union[str, os.PathLike], model_
             "(or a .npz made by 'python -m seqnet_jax.weights convert'); set "
             "--config.init.imagenet_weights='' to train from scratch"
         )
-    out, report = import_imagenet_state_dict(variables, read_checkpoint_file(path)[0])
+    sd = read_checkpoint_file(path, field="init.imagenet_weights")[0]
+    out, report = import_imagenet_state_dict(variables, sd)
     logging.info("ImageNet weights %s: %s", path, report.summary())
     return out
 

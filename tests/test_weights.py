@@ -327,3 +327,29 @@ def test_unknown_key_layout_names_the_unplaced_keys_and_the_known_spellings(ref_
     assert "rpn.head.conv.weight (released layout) or rpn.head.conv.0.0.weight" in msg
     assert "the checkpoint has rpn.head.conv.1.weight (1024, 1024, 3, 3)" in msg
     assert "allow_missing" not in msg
+
+
+@pytest.mark.parametrize(
+    "content, name, reason",
+    [
+        (b"\xff\xd8\xff\xe0" + b"\0" * 100, "photo.jpg", "it is a JPEG image"),
+        (bytes(range(256)) * 4, "random.npz", "not a readable .npz"),
+        (None, "truncated.npz", "not a readable .npz"),
+        (b"\x80\x04garbage", "broken.pth", "torch.load failed"),
+    ],
+)
+def test_files_that_are_not_weights_name_the_file_and_the_field(tmp_path, content, name, reason):
+    path = tmp_path / name
+    if content is None:  # the first half of a real .npz
+        np.savez(tmp_path / "ok.npz", a=np.zeros(1000, np.float32))
+        content = (tmp_path / "ok.npz").read_bytes()[:600]
+    path.write_bytes(content)
+    if name.endswith(".pth"):
+        pytest.importorskip("torch")
+    with pytest.raises(W.WeightsFileError) as e:
+        W.load_imagenet_into(template(), path)
+    msg = str(e.value)
+    assert f"{path} is not a state-dict / checkpoint file" in msg
+    assert "--config.init.imagenet_weights" in msg and reason in msg
+    with pytest.raises(W.WeightsFileError, match="init.reference_checkpoint"):
+        W.load_reference_checkpoint(template(), str(path))
