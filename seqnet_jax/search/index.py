@@ -21,7 +21,7 @@ from absl import logging
 
 from seqnet_jax.search.gallery import GalleryFile
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the manifest names its arrays file (written first, never overwritten)
 INDEX_DIRNAME = "gallery_index"
 _MANIFEST = "manifest.json"
 _ARRAYS = "arrays.npz"
@@ -115,11 +115,14 @@ _REC_ARRAYS = (
 
 
 class GalleryIndex:
-    """Per-file gallery features stored in ``directory`` (``manifest.json`` + ``arrays.npz``).
+    """Per-file gallery features stored in ``directory`` (``manifest.json`` + an arrays file).
 
     The manifest holds the fingerprint of the model/config, the gallery root and, per file, its
     size, mtime (ns), video sampling rate, error/warning and frame/detection counts; the npz holds
-    the concatenated per-file arrays. Writes are atomic (temporary file + rename).
+    the concatenated per-file arrays. A save is atomic as a whole: the arrays go to a new file
+    ``arrays-<token>.npz`` (never overwritten), then the manifest naming that file and its size
+    replaces the old one by a rename, and only then are older arrays files deleted. A kill at
+    any point leaves a manifest with its own arrays; a load checks the name, size and row counts.
     """
 
     def __init__(self, directory: str, fp: str, dim: int):
@@ -144,7 +147,11 @@ class GalleryIndex:
                     index.directory,
                 )
                 return index
-            with np.load(os.path.join(index.directory, _ARRAYS)) as z:
+            apath = os.path.join(index.directory, manifest.get("arrays", _ARRAYS))
+            size = manifest.get("arrays_bytes")
+            if size is not None and os.path.getsize(apath) != int(size):
+                raise ValueError(f"{apath} has {os.path.getsize(apath)} bytes, manifest {size}")
+            with np.load(apath) as z:
                 arrays = {k: z[k] for k, _ in _REC_ARRAYS}
             metas = manifest["files"]
             counts = {
@@ -187,18 +194,30 @@ class GalleryIndex:
                 if parts
                 else getattr(empty_record(GalleryFile("", "", "image", 0, 0), 0, self.dim), k)
             )
-        tmp = os.path.join(self.directory, _ARRAYS + ".tmp.npz")
+        token = f"{time.time_ns():x}-{os.getpid()}"
+        name = f"arrays-{token}.npz"
+        tmp = os.path.join(self.directory, name + ".tmp.npz")
         np.savez(tmp, **arrays)
-        os.replace(tmp, os.path.join(self.directory, _ARRAYS))
+        os.replace(tmp, os.path.join(self.directory, name))
         manifest = {
             "version": INDEX_VERSION,
             "fingerprint": self.fingerprint,
             "emb_dim": self.dim,
             "gallery": root,
             "saved": time.time(),
+            "arrays": name,
+            "arrays_bytes": os.path.getsize(os.path.join(self.directory, name)),
             "files": [r.meta() for r in recs],
         }
         tmp = os.path.join(self.directory, _MANIFEST + ".tmp")
         with open(tmp, "w") as f:
             json.dump(manifest, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, os.path.join(self.directory, _MANIFEST))
+        for old in os.listdir(self.directory):  # arrays no manifest names any more
+            if old != name and (old == _ARRAYS or old.startswith("arrays-")):
+                try:
+                    os.remove(os.path.join(self.directory, old))
+                except OSError:
+                    pass

@@ -36,6 +36,8 @@ from seqnet_jax.search.render import (
     write_html,
 )
 
+SAVE_EVERY_S = 10.0  # gallery index saves during a long extraction (see on_done below)
+
 
 class PersonSearcher:
     """Runs searches with one model; keeps the jitted inference between searches."""
@@ -102,13 +104,16 @@ class PersonSearcher:
         )
         if todo:
             t1 = time.perf_counter()
-            last_save = [time.perf_counter()]
+            last_save = [time.perf_counter(), 0.0]  # when, and how long the last save took
 
             def on_done(rec: FileRecord) -> None:
+                # Keep progress if interrupted: save every SAVE_EVERY_S seconds, less often when
+                # a save itself is slow (a large index), so saving costs at most ~1/5 of the time.
                 index.records[rec.key] = rec
-                if time.perf_counter() - last_save[0] > 60.0:  # keep progress if interrupted
+                now = time.perf_counter()
+                if now - last_save[0] > max(SAVE_EVERY_S, 5 * last_save[1]):
                     index.save(root)
-                    last_save[0] = time.perf_counter()
+                    last_save[:] = [time.perf_counter(), time.perf_counter() - now]
 
             ex = GalleryExtractor(
                 self.inference,
