@@ -143,7 +143,7 @@ def load_orbax_checkpoint(config, workdir: str, step: Optional[int] = None) -> L
         num_pids = _num_pids(config, None if lut is None else int(lut.shape[0]), source)
         model = seqnet.build_model(config.model, num_pids)
         abstract = abstract_variables(model)
-        hint = _trained_config_diff(workdir, config) or _layout_hint(target, abstract)
+        hint = trained_config_diff(workdir, config) or _layout_hint(target, abstract)
         check_variables_fit(target, abstract, source, hint)
         tree = ckpt.restore_state_tree(step, target)
         meta = ckpt.restore_meta(step)
@@ -276,7 +276,7 @@ def _flat_dict(d: dict, prefix: str = "") -> Dict[str, object]:
     return out
 
 
-def _trained_config_diff(workdir: str, config) -> str:
+def trained_config_diff(workdir: str, config) -> str:
     """Model fields where ``WORKDIR/config.json`` (written by training) differs from ``config``."""
     path = os.path.join(workdir, "config.json")
     try:

@@ -193,14 +193,49 @@ class MetricWriter:
             self.writer.close()
 
 
+def check_checkpoint_fits(ckpt, state, workdir: str, config) -> None:
+    """Before resuming: the latest checkpoint's arrays must fit the model the config builds, else
+    ``CheckpointMismatchError`` naming the arrays and the config fields that differ (from the
+    workdir's ``config.json``)."""
+    from seqnet_jax import model_loading
+
+    step = ckpt.latest_step()
+    stored = dict(ckpt.state_metadata(step))
+    model_loading.check_variables_fit(
+        stored,
+        {"params": state.params, "batch_stats": state.batch_stats},
+        ckpt.step_directory(step),
+        model_loading.trained_config_diff(workdir, config),
+    )
+
+
+def write_config(workdir: str, config) -> None:
+    """``WORKDIR/config.json`` = the config of this run. A different earlier one (another run
+    resumed with changed settings) is kept as ``config_history/<UTC time>.json``."""
+    path = os.path.join(workdir, "config.json")
+    text = config.to_json_best_effort(indent=2)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if old == text:
+            return
+        hist = os.path.join(workdir, "config_history")
+        os.makedirs(hist, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(os.path.getmtime(path)))
+        with open(os.path.join(hist, f"{stamp}.json"), "w") as f:
+            f.write(old)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Train per ``config`` (resuming from the latest checkpoint in ``workdir``), evaluating every
     ``eval.period`` epochs and after the last. Returns the last evaluation results (or {})."""
     from seqnet_jax import evaluate as eval_lib
 
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
     dataset = build_dataset(config)
     num_pids = num_pids_from(config, dataset)
     model = seqnet.build_model(config.model, num_pids)
@@ -226,6 +261,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, tx = create_train_state(config, model, spe, jax.random.PRNGKey(config.seed))
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     if ckpt.latest_step() is not None:
+        check_checkpoint_fits(ckpt, state, workdir, config)
         state, meta, step = ckpt.restore(state)
         loader.load_state_dict(meta["loader"])
         logging.info(
@@ -234,6 +270,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             loader.epoch,
             loader.state_dict()["position"],
         )
+    write_config(workdir, config)  # only now: the run is valid (dataset, model, checkpoint fit)
     trainer = Trainer(config, model, tx)
     state = jax.device_put(state, trainer.replicated)
     total_steps = spe * config.solver.max_epochs
