@@ -214,6 +214,31 @@ def test_given_queries_and_protocols(tmp_path):
     assert ds.protocols[1].gallery_indices is None
 
 
+def test_string_image_ids(tmp_path):
+    """Image ids may be strings (the explicit galleries then map ids with a dict, not a table)."""
+    doc = small_doc()
+    doc["queries"] = [{"image_id": 4, "bbox": [0, 0, 10, 20], "person_id": 100}]
+    doc["protocols"] = [
+        {"name": "g", "gallery_size": 3, "galleries": [
+            {"image_ids": [7, 5, 6], "bboxes": [[3, 3, 10, 20], [1, 1, 10, 20], None]}
+        ]}
+    ]  # fmt: skip
+    ints = custom.read_custom(_write(tmp_path / "i", doc))
+    text = json.dumps(doc)
+    for k in range(1, 9):
+        text = text.replace(f'"id": {k},', f'"id": "im{k}",').replace(
+            f'"image_id": {k},', f'"image_id": "im{k}",'
+        )
+    doc = json.loads(text)
+    doc["splits"] = {s: [f"im{k}" for k in v] for s, v in doc["splits"].items()}
+    doc["protocols"][0]["galleries"][0]["image_ids"] = ["im7", "im5", "im6"]
+    strs = custom.read_custom(_write(tmp_path / "s", doc))
+    assert [a.name for a in strs.gallery] == [a.name for a in ints.gallery]
+    assert strs.protocols[0].gallery_indices[0].tolist() == [3, 1, 2]
+    assert ints.protocols[0].gallery_indices[0].tolist() == [3, 1, 2]
+    np.testing.assert_array_equal(strs.protocols[0].gt_boxes[0], ints.protocols[0].gt_boxes[0])
+
+
 def test_json_file_as_root_and_image_root(tmp_path):
     doc = small_doc()
     doc["image_root"] = "frames"

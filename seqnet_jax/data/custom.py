@@ -252,7 +252,7 @@ def _check_bbox(v, where: str, errors: list) -> Optional[tuple]:
 
 
 def _check_id(v, where: str, errors: list) -> bool:
-    if (_is_int(v) or (isinstance(v, str) and v)) and v is not None:
+    if _is_int(v) or (isinstance(v, str) and v):
         return True
     errors.append(Problem("error", where, f"expected an integer or string id, got {_describe(v)}"))
     return False
@@ -645,8 +645,12 @@ def _check_gallery(g, where: str, test_ids: set, errors: list) -> None:
             )
         )
         return
-    for k, (v, b) in enumerate(zip(ids, boxes, strict=True)):
-        if v not in test_ids:
+    try:
+        unknown = not test_ids.issuperset(ids)  # fast path: millions of entries in TestG4000
+    except TypeError:  # an unhashable id (a list, ...)
+        unknown = True
+    for k, v in enumerate(ids) if unknown else ():
+        if not isinstance(v, (int, str)) or v not in test_ids:
             errors.append(
                 Problem(
                     "error",
@@ -654,6 +658,7 @@ def _check_gallery(g, where: str, test_ids: set, errors: list) -> None:
                     f"image {_describe(v)} is not in splits.test",
                 )
             )
+    for k, b in enumerate(boxes):
         if b is not None:
             _check_bbox(b, f"{where}.bboxes[{k}]", errors)
 
@@ -806,6 +811,19 @@ def _xyxy32(rec: BoxRecord) -> np.ndarray:
     return rec.xyxy.astype(np.float32)
 
 
+_LUT = object()  # key of the dense image id -> gallery index table in ``gallery_index``
+
+
+def _with_lookup_table(gallery_index: dict) -> dict:
+    """``gallery_index`` plus, when every key is a small non-negative integer, a dense table."""
+    keys = list(gallery_index)
+    if keys and all(_is_int(k) and k >= 0 for k in keys) and max(keys) < 10 * len(keys) + 1000:
+        lut = np.full(max(keys) + 1, -1, np.int64)
+        lut[np.asarray(keys, np.int64)] = np.asarray(list(gallery_index.values()), np.int64)
+        return {**gallery_index, _LUT: lut}
+    return gallery_index
+
+
 def _given_protocol(
     proto: dict, gallery_index: dict, kept_q: list, bad_ids: set, stats
 ) -> SearchProtocol:
@@ -813,23 +831,26 @@ def _given_protocol(
     size = int(proto.get("gallery_size", -1))
     if rule not in ("explicit", "full_set"):
         return SearchProtocol(name, size, rule=rule)
-    nan_row = np.full(4, np.nan, np.float32)
     idx_out, gt_out = [], []
-    for qi in kept_q:
+    for qi in kept_q:  # vectorised: CUHK-SYSU's TestG4000 has 11.6 million entries
         g = proto["galleries"][qi]
-        idx, gts = [], []
-        for v, b in zip(g["image_ids"], g["bboxes"], strict=True):
-            if v in bad_ids:
-                stats["dropped_protocol_entries"] += 1
-                continue
-            idx.append(gallery_index[v])
-            if b is None:
-                gts.append(nan_row)
-            else:
-                x, y, w, h = (float(t) for t in b)
-                gts.append(np.array([x, y, x + w, y + h], np.float64).astype(np.float32))
-        idx_out.append(np.asarray(idx, np.int64))
-        gt_out.append(np.stack(gts).astype(np.float32) if gts else np.zeros((0, 4), np.float32))
+        ids, boxes = g["image_ids"], g["bboxes"]
+        if bad_ids:
+            keep = [k for k, v in enumerate(ids) if v not in bad_ids]
+            stats["dropped_protocol_entries"] += len(ids) - len(keep)
+            ids, boxes = [ids[k] for k in keep], [boxes[k] for k in keep]
+        lut = gallery_index.get(_LUT)
+        if lut is not None:  # integer image ids: one gather instead of a dict look-up each
+            idx = lut[np.asarray(ids, np.int64)] if ids else np.zeros((0,), np.int64)
+        else:
+            idx = np.fromiter((gallery_index[v] for v in ids), np.int64, len(ids))
+        gt = np.full((len(ids), 4), np.nan, np.float64)
+        pos = [k for k, b in enumerate(boxes) if b is not None]
+        if pos:
+            xywh = np.asarray([boxes[k] for k in pos], np.float64)
+            gt[pos] = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        idx_out.append(idx)
+        gt_out.append(gt.astype(np.float32))
     return SearchProtocol(name, size, idx_out, gt_out, rule=rule)
 
 
@@ -959,9 +980,8 @@ def read_custom(
         stats["query_source"] = "derived"
         stats["test_ids_without_query"] = skipped
     if doc.protocols is not None:
-        protocols = [
-            _given_protocol(p, gallery_index, kept_q, bad_ids, stats) for p in doc.protocols
-        ]
+        index = _with_lookup_table(gallery_index)
+        protocols = [_given_protocol(p, index, kept_q, bad_ids, stats) for p in doc.protocols]
         stats["protocol_source"] = "given"
     else:
         protocols, info = derive_protocols(gallery, queries, protocol_seed, gallery_sizes)
@@ -1097,19 +1117,22 @@ def document_from_dataset(
                 rec = {"name": p.name, "gallery_size": int(p.gallery_size), "rule": p.rule}
                 if p.gallery_indices is not None:
                     rec["galleries"] = [
-                        {
-                            "image_ids": [gallery_ids[int(i)] for i in idx],
-                            "bboxes": [
-                                None if np.isnan(b).any() else _xywh(b)
-                                for b in np.asarray(gt, np.float32).reshape(-1, 4)
-                            ],
-                        }
+                        _gallery_record(gallery_ids, idx, gt)
                         for idx, gt in zip(p.gallery_indices, p.gt_boxes, strict=True)
                     ]
                 protocols.append(rec)
             doc["protocols"] = protocols
     doc["cbgm"] = {"k1": int(ds.cbgm_k1), "k2": int(ds.cbgm_k2)}
     return doc
+
+
+def _gallery_record(gallery_ids: list, idx, gt) -> dict:
+    """One explicit gallery as JSON: image ids and the query person's box (``None`` = absent)."""
+    gt = np.asarray(gt, np.float32).reshape(-1, 4)
+    boxes: list = [None] * len(gt)
+    for k in np.flatnonzero(~np.isnan(gt).any(axis=1)).tolist():
+        boxes[k] = _xywh(gt[k])
+    return {"image_ids": [gallery_ids[i] for i in np.asarray(idx).tolist()], "bboxes": boxes}
 
 
 def write_document(doc: dict, path: os.PathLike | str) -> Path:
