@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
+from seqnet_jax import progress
 from seqnet_jax.data.pipeline import EvalLoader
 from seqnet_jax.data.types import ImageAnnotation, PersonSearchDataset
 from seqnet_jax.inference import SeqNetInference
@@ -33,12 +34,6 @@ def _loader(config, dataset, items, split):
         max_boxes=d.max_boxes,
         num_workers=d.num_workers,
     )
-
-
-def _progress(name: str, i: int, n: int, t0: float, every: int = 50) -> None:
-    if (i + 1) % every == 0 or i + 1 == n:
-        el = time.time() - t0
-        logging.info("%s: %d/%d batches, %.1f batches/s", name, i + 1, n, (i + 1) / max(el, 1e-9))
 
 
 def query_items(dataset: PersonSearchDataset, queries=None):
@@ -75,8 +70,7 @@ def extract_features(
     use_gt = config.eval.use_gt
     items = [(a.name, a) for a in dataset.gallery]
     loader = _loader(config, dataset, items, "gallery")
-    t0 = time.time()
-    for bi, batch in enumerate(loader):
+    for batch in progress.progress(loader, desc="gallery", unit="batch"):
         if use_gt:
             emb = inference.embed(batch, batch["boxes"], batch["box_valid"])
         else:
@@ -94,15 +88,13 @@ def extract_features(
                 det = dets[j]
                 gallery_dets[idx] = np.concatenate([det.boxes, det.scores[:, None]], 1)
                 gallery_feats[idx] = det.embeddings
-        _progress("gallery", bi, len(loader), t0)
 
     q_items = query_items(dataset, queries)
     nq = len(q_items)
     query_box_feats = np.zeros((nq, dim), np.float32)
     ctx_dets, ctx_feats = [None] * nq, [None] * nq
     loader = _loader(config, dataset, q_items, "query")
-    t0 = time.time()
-    for bi, batch in enumerate(loader):
+    for batch in progress.progress(loader, desc="queries", unit="batch"):
         emb = inference.embed(batch, batch["boxes"][:, :1], batch["box_valid"][:, :1])
         ctx = inference.detect(batch, query_boxes=batch["boxes"][:, 0]) if need_context else None
         for j, idx in enumerate(batch["index"]):
@@ -112,7 +104,6 @@ def extract_features(
             if ctx is not None:
                 ctx_dets[idx] = np.concatenate([ctx[j].boxes, ctx[j].scores[:, None]], 1)
                 ctx_feats[idx] = ctx[j].embeddings
-        _progress("queries", bi, len(loader), t0)
     return {
         "gallery_dets": gallery_dets,
         "gallery_feats": gallery_feats,

@@ -15,6 +15,8 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from seqnet_jax import progress
+
 logger = logging.getLogger(__name__)
 
 CHECK_MODES = ("none", "header", "decode")
@@ -185,7 +187,14 @@ def check_images(
 
     workers = max(1, min(num_threads, (os.cpu_count() or 1)))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(probe, names))
+        results = list(
+            progress.progress(
+                pool.map(probe, names),
+                desc=f"checking images ({mode})",
+                total=len(names),
+                unit="img",
+            )
+        )
     for name, size, err in results:
         if err is None:
             sizes[name] = size

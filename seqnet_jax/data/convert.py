@@ -67,6 +67,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from seqnet_jax import progress
 from seqnet_jax.data import custom
 from seqnet_jax.data.types import PersonSearchDataset
 
@@ -226,7 +227,7 @@ def convert_dataset(
     )
     writer = _ImageWriter(dst, images_mode)
     splits = {im["id"]: "train" for im in doc["images"][: len(ds.train)]}
-    for im in doc["images"]:
+    for im in progress.progress(doc["images"], desc="writing images", unit="img"):
         name = im["file_name"]
         if image_dir is not None:
             writer.put(Path(image_dir) / name, name)
@@ -402,7 +403,7 @@ def _frames_document(name: str, train: list, test: list, info: dict) -> dict:
 
 def _write_frames(doc: dict, frames: list, dst: Path, images_mode: str):
     writer = _ImageWriter(dst, images_mode)
-    for f in frames:
+    for f in progress.progress(frames, desc="writing images", unit="img"):
         writer.put(f.src, f.name)
     return _finish(doc, dst)
 

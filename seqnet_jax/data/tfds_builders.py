@@ -42,6 +42,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from seqnet_jax import progress
 from seqnet_jax.data import _reader_utils as ru
 from seqnet_jax.data import cuhk_sysu, custom, prw
 from seqnet_jax.data.types import (
@@ -312,8 +313,10 @@ class _PersonSearchBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
 
     def _generate_examples(self, ds: PersonSearchDataset, split: str):
         folder = ds.load_image.folder
+        items = ds.queries if split == "query" else getattr(ds, split)
+        items = progress.progress(items, desc=f"preparing {self.name} {split}", unit="img")
         if split == "query":
-            for i, q in enumerate(ds.queries):
+            for i, q in enumerate(items):
                 yield (
                     i,
                     {
@@ -325,7 +328,7 @@ class _PersonSearchBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
                     },
                 )
             return
-        for i, a in enumerate(getattr(ds, split)):
+        for i, a in enumerate(items):
             yield (
                 i,
                 {
@@ -484,9 +487,16 @@ def get_builder(
         root = Path(manual_dir)
     else:
         root = ru.resolve_root(manual_dir, _MARKERS[key], key, cls._hint)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(root))
-    )
+    # TFDS's own tqdm bars redraw with carriage returns even in logs: the examples are counted
+    # by seqnet_jax.progress instead (_generate_examples) while preparing.
+    shown = getattr(tfds.core.utils.tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(root))
+        )
+    finally:
+        tfds.display_progress_bar(shown)
     return builder
 
 

@@ -37,6 +37,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from seqnet_jax import progress
 from seqnet_jax.data.types import ImageAnnotation, Query, SearchProtocol
 from seqnet_jax.evaluation.cbgm import cbgm_match
 from seqnet_jax.evaluation.deprecation import renamed_arguments
@@ -497,6 +498,7 @@ class SearchEvaluator:
         no_gt = np.zeros((len(configs),), dtype=np.int64)
         per_query = [[] for _ in configs]
         feats_t = self.gal.feats.T
+        bar = progress.progress(desc="search metrics", total=nq, unit="query")
         for c0 in range(0, nq, self.chunk_size):
             c1 = min(nq, c0 + self.chunk_size)
             sims_chunk = self.query_box_feats[c0:c1] @ feats_t  # (B, M)
@@ -523,6 +525,8 @@ class SearchEvaluator:
                         no_gt[ci] += res.count_gt == 0
                         if record_per_query:
                             per_query[ci].append(entry)
+                bar.update(1)
+        bar.close()
         results = []
         for ci, cfg in enumerate(configs):
             if no_gt[ci]:

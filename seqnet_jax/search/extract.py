@@ -4,8 +4,8 @@ Owns :class:`GalleryExtractor`: a producer thread walks the files (videos decode
 frame), a thread pool reads and resizes the pictures, and the calling thread groups frames by
 padded size bucket into batches of ``batch_size`` for ``SeqNetInference.detect``; each finished
 file becomes a :class:`~seqnet_jax.search.index.FileRecord`. Unreadable files and videos that
-stop decoding part way are recorded with their reason, not raised. A progress line (frames/s,
-ETA) is logged every two seconds.
+stop decoding part way are recorded with their reason, not raised. Progress (frames done of the
+frames the headers announce, frames/s, ETA) goes through :func:`seqnet_jax.progress.progress`.
 """
 
 from __future__ import annotations
@@ -15,55 +15,16 @@ import concurrent.futures
 import math
 import queue
 import threading
-import time
 from typing import Dict, List
 
 import numpy as np
 from absl import logging
 
+from seqnet_jax import progress as progress_lib
 from seqnet_jax.data import transforms
 from seqnet_jax.data.pipeline import collate, process_image
 from seqnet_jax.search.gallery import GalleryFile, iter_video_frames, probe_video, read_image
 from seqnet_jax.search.index import FileRecord, empty_record
-
-
-class _Progress:
-    """Logs ``done/total frames [bar] frames/s ETA`` at most every ``interval`` seconds."""
-
-    def __init__(self, total: int, interval: float = 2.0, what: str = "gallery"):
-        self.total, self.interval, self.what = max(int(total), 0), interval, what
-        self.done, self.t0, self.last = 0, time.perf_counter(), -math.inf
-
-    def update(self, n: int, final: bool = False) -> None:
-        """Counts ``n`` more frames; logs at most every ``interval`` s (always when ``final``)."""
-        self.done += n
-        now = time.perf_counter()
-        if not final and now - self.last < self.interval:
-            return
-        self.last = now
-        el = max(now - self.t0, 1e-9)
-        rate = self.done / el
-        total = max(self.total, self.done)
-        frac = self.done / total if total else 1.0
-        bar = "#" * int(round(20 * frac)) + "-" * (20 - int(round(20 * frac)))
-        eta = (total - self.done) / rate if rate > 0 else float("nan")
-        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
-        logging.info(
-            "%s: %d/%s frames [%s] %.2f frames/s, elapsed %.1f s, ETA %s",
-            self.what,
-            self.done,
-            f"~{total}" if self.total != total else total,
-            bar,
-            rate,
-            el,
-            "done" if final else eta_s,
-        )
-
-    @property
-    def rate(self) -> float:
-        """Frames per second since the start."""
-        return self.done / max(time.perf_counter() - self.t0, 1e-9)
-
 
 _END = object()
 
@@ -152,7 +113,9 @@ class GalleryExtractor:
                     expected[fi] = probe_video(f.path, self.video_fps)
                 except Exception:  # noqa: BLE001 - reported when decoding
                     expected[fi] = 0
-        progress = _Progress(sum(expected))
+        progress = progress_lib.progress(
+            desc="gallery", total=sum(expected) or None, unit="frame", summary=True
+        )
         producer = threading.Thread(target=self._produce, name="search-produce", daemon=True)
         producer.start()
 
@@ -257,7 +220,7 @@ class GalleryExtractor:
             self.stop.set()
             producer.join(timeout=5)
             self.pool.shutdown(wait=False, cancel_futures=True)
-        progress.update(0, final=True)
-        self.frames_per_s = progress.rate
-        self.num_frames = progress.done
+        self.frames_per_s = progress_lib.rate(progress)
+        self.num_frames = int(progress.n)
+        progress.close()
         return {r.key: r for r in recs}
