@@ -25,8 +25,9 @@ if ROOT not in sys.path:
 
 # Pure-Python packages the lent GPU machine lacks: ``gpu_check.py --prepare`` copies them into
 # .whl/py, which the device call carries and gpu_check.sh puts on PYTHONPATH. (ml_collections
-# needs absl-py and PyYAML, both on the machine.)
-CARRIED = ("ml_collections",)
+# needs absl-py and PyYAML, clu's metrics and parameter_overview (the training loop) need flax,
+# jax, numpy and wrapt: all on the machine.)
+CARRIED = ("ml_collections", "clu")
 # Import names of packages the lent machine has (the device README's KINDS.md list, read
 # 2026-11-17) that this project's modules may import at module level.
 DEVICE_PACKAGES = (

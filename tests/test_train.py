@@ -148,3 +148,44 @@ def test_train_step_runs_data_parallel_on_two_devices(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OK 2" in proc.stdout
+
+
+def test_logged_metrics_are_window_means_and_the_parameter_table_is_written(
+    tmp_path, monkeypatch, caplog
+):
+    from seqnet_jax.data import build_dataset
+    from seqnet_jax.modeling import seqnet
+
+    config = tiny_config(max_steps=4)
+    config.log_every = 2
+
+    def fake_iteration(self, state, batch):
+        step = int(state.step) + 1
+        metrics = {k: 0.5 for k in train_lib.LOSS_NAMES}
+        metrics.update(loss=float(step), grad_norm=2.0 * step)
+        return state.replace(step=state.step + 1), metrics
+
+    logged = []
+    monkeypatch.setattr(train_lib.Trainer, "iteration", fake_iteration)
+    monkeypatch.setattr(
+        train_lib.MetricWriter, "scalars", lambda self, step, values: logged.append((step, values))
+    )
+    with caplog.at_level("INFO"):
+        train_lib.train_and_evaluate(config, str(tmp_path))
+    # clu Average over each window of log_every steps: steps 1-2 and 3-4
+    assert [s for s, _ in logged] == [2, 4]
+    assert [v["loss"] for _, v in logged] == [1.5, 3.5]
+    assert [v["grad_norm"] for _, v in logged] == [3.0, 7.0]
+    assert all(v["loss_box_reid"] == 0.5 for _, v in logged)
+    assert "step 4/4 loss 3.5000" in caplog.text
+    # clu's parameter table: every parameter of the model, the total equal to the model's count
+    ds = build_dataset(config)
+    model = seqnet.build_model(config.model, train_lib.num_pids_from(config, ds))
+    shapes = jax.eval_shape(lambda r: seqnet.init_variables(model, r), jax.random.PRNGKey(0))
+    leaves = jax.tree_util.tree_leaves_with_path(shapes["params"])
+    count = sum(int(np.prod(x.shape)) for _, x in leaves)
+    table = (tmp_path / train_lib.PARAMETERS_FILE).read_text()
+    assert f"Total: {count:,} -- {4 * count:,} bytes" in table
+    for path, _ in leaves:
+        assert "/".join(p.key for p in path) in table
+    assert f"Total: {count:,}" in caplog.text

@@ -13,10 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from clu import metrics as clu_metrics
+from clu import parameter_overview
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from seqnet_jax import checkpoints as ckpt_lib
+from seqnet_jax import progress as progress_lib
 from seqnet_jax.data import build_dataset
 from seqnet_jax.data.pipeline import TrainLoader
 from seqnet_jax.modeling import seqnet
@@ -170,6 +173,55 @@ def check_finite(metrics: dict, step: int) -> None:
             )
 
 
+# The metrics averaged over the steps between two log lines (clu.metrics; computed on the host
+# CPU, so the accelerator runs nothing but the training stages).
+LOGGED_METRICS = LOSS_NAMES + ("loss", "grad_norm")
+TrainMetrics = clu_metrics.Collection.create(
+    **{k: clu_metrics.Average.from_output(k) for k in LOGGED_METRICS}
+)
+
+
+@jax.jit
+def _merge_metrics(acc, metrics):
+    return acc.merge(TrainMetrics.single_from_model_output(**metrics))
+
+
+class MetricWindow:
+    """Means of :data:`LOGGED_METRICS` over the steps added since the last :meth:`pop`."""
+
+    def __init__(self):
+        self._cpu = jax.local_devices(backend="cpu")[0]
+        self._acc = None
+
+    def add(self, metrics: dict) -> None:
+        with jax.default_device(self._cpu):
+            acc = TrainMetrics.empty() if self._acc is None else self._acc
+            self._acc = _merge_metrics(acc, {k: metrics[k] for k in LOGGED_METRICS})
+
+    def pop(self) -> dict:
+        """``{name: mean}`` of the window, which then starts again empty."""
+        with jax.default_device(self._cpu):
+            out = {k: float(v) for k, v in jax.device_get(self._acc.compute()).items()}
+        self._acc = None
+        return out
+
+
+PARAMETERS_FILE = "parameters.txt"
+
+
+def write_parameter_overview(workdir: str, params) -> str:
+    """clu's table of ``params`` (name, shape, size, mean, std; total count and bytes): logged,
+    and written to ``WORKDIR/parameters.txt``. Returns the table."""
+    table = parameter_overview.get_parameter_overview(params)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, PARAMETERS_FILE), "w") as f:
+            f.write(table + "\n")
+    lines = table.split("\n")
+    for i in range(0, len(lines), 80):  # as clu's log_parameter_overview: bounded log records
+        logging.info("parameters (%s):\n%s", PARAMETERS_FILE, "\n".join(lines[i : i + 80]))
+    return table
+
+
 class MetricWriter:
     """Console + TensorBoard (tensorboardX, no TensorFlow needed)."""
 
@@ -286,6 +338,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         total_steps,
         num_pids,
     )
+    write_parameter_overview(workdir, state.params)
     results: dict = {}
 
     def save(step):
@@ -295,7 +348,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.info("saved checkpoint at step %d", step)
 
     step = int(state.step)
-    t_start, step_start = time.time(), step
+    bar = progress_lib.progress(
+        desc="train", total=total_steps, initial=step, unit="step", log_lines=False
+    )  # in logs its rate and ETA are the metric line's
+    window = MetricWindow()
     try:
         while step < total_steps:
             epoch = loader.epoch
@@ -304,11 +360,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 state, metrics = trainer.iteration(state, batch)
                 step += 1
                 check_finite(metrics, step)
+                bar.update(1)
+                window.add(metrics)
                 if step % config.log_every == 0 or step == total_steps:
-                    el = time.time() - t_start
-                    rate = (step - step_start) / max(el, 1e-9)
-                    eta = (total_steps - step) / max(rate, 1e-9)
-                    logs = {k: float(metrics[k]) for k in LOSS_NAMES + ("loss", "grad_norm")}
+                    rate = progress_lib.rate(bar)  # steps/s since the start of this run
+                    eta = (total_steps - step) / rate if rate > 0 else math.inf
+                    logs = window.pop()  # means over the steps since the last line
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
                     logs["lr"] = float(schedule(step - 1))
                     logs["images_per_s"] = rate * d.batch_size
                     logs["compilations"] = trainer.num_compilations()
@@ -323,7 +381,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         " ".join(f"{k[5:]} {logs[k]:.3f}" for k in LOSS_NAMES),
                         logs["lr"],
                         logs["images_per_s"],
-                        time.strftime("%H:%M:%S", time.gmtime(eta)),
+                        progress_lib.format_seconds(eta),
                         logs["compilations"],
                     )
                 if config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0:
@@ -353,6 +411,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         save(step)
         raise
     finally:
+        bar.close()
         trainer.host.close()
         writer.close()
         ckpt.close()
