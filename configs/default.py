@@ -125,6 +125,14 @@ def get_config() -> ml_collections.ConfigDict:
     sr.batch_size = 4  # gallery frames per model call (larger: faster on a GPU, more memory)
     sr.jax_cache = True  # keep compiled programs in INDEX/jax_cache: later searches skip compiling
 
+    # -- several processes (GPUs / machines; README "Several GPUs and several machines") ------
+    c.distributed = dist = ml_collections.ConfigDict()
+    dist.coordinator = ""  # HOST:PORT of process 0; '' = one process; 'auto' = detect (SLURM, MPI)
+    dist.num_processes = 1  # processes in the run (each feeds data.batch_size / N images)
+    dist.process_id = 0  # this process, 0..num_processes-1 (the only field that may differ)
+    dist.init_timeout_s = 300  # wait this long for the coordinator and every process to connect
+    dist.heartbeat_timeout_s = 60  # a lost process stops the others within this time
+
     # -- logging / checkpoints ---------------------------------------------------------------
     c.log_every = 10  # steps between console/TensorBoard logs
     c.checkpoint_every_steps = 0  # extra mid-epoch checkpoints (0 = only at epoch ends)

@@ -3,6 +3,11 @@
 Layout: ``WORKDIR/checkpoints/<step>/{state,meta}``. Saves are atomic (orbax writes to a temporary
 folder and renames), so an interrupted save never replaces the last good checkpoint.
 
+Several processes: every process calls :meth:`Checkpointer.save` / :meth:`Checkpointer.restore`
+with the same step (orbax's multi-process save: the replicated state is written once, process 0
+commits, the meta JSON comes from process 0). Arrays are restored into the target's shardings,
+so a checkpoint written by N processes restores in M (the workdir must be one shared folder).
+
 Training restores the whole train state (:meth:`Checkpointer.restore`); loading a model for
 inference (``seqnet_jax.model_loading``) reads a step's array shapes first
 (:meth:`Checkpointer.state_metadata`) and restores the state into a target built from them
@@ -15,7 +20,21 @@ import os
 from typing import Any, Optional, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+def _with_sharding(x) -> jax.ShapeDtypeStruct:
+    """A restore target leaf; one without a sharding (``jax.eval_shape`` output) is replicated
+    over this run's devices, not the saved run's (which may have had other processes)."""
+    s = ocp.utils.to_shape_dtype_struct(x)
+    if getattr(s, "sharding", None) is None:
+        devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+        mesh = Mesh(np.asarray(devices), ("data",))
+        s = jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(mesh, P()))
+    return s
 
 
 class Checkpointer:
@@ -56,7 +75,7 @@ class Checkpointer:
             step = self.latest_step()
         if step is None:
             raise FileNotFoundError(f"no checkpoint found in {self.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        abstract = jax.tree.map(_with_sharding, target)
         out = self.manager.restore(
             int(step),
             args=ocp.args.Composite(

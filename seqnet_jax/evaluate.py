@@ -12,9 +12,11 @@ import os
 import time
 from typing import Optional
 
+import jax
 import numpy as np
 from absl import logging
 
+from seqnet_jax import distributed as dist
 from seqnet_jax import progress
 from seqnet_jax.data.pipeline import EvalLoader
 from seqnet_jax.data.types import ImageAnnotation, PersonSearchDataset
@@ -62,13 +64,17 @@ def extract_features(
     (N_i, 5) x1,y1,x2,y2,score, original coordinates), ``gallery_feats`` (list of (N_i, D),
     CWS-scaled), ``query_box_feats`` (Q, D) unit, ``query_context_dets`` /
     ``query_context_feats`` (query-as-gallery pass, for CBGM).
+
+    With several processes each runs its contiguous share of the gallery and of the queries
+    (``distributed.shard_range``) and every process returns the gathered whole, in order.
     """
     dim = inference.model.emb_dim
     n_gal = len(dataset.gallery)
     gallery_dets = [None] * n_gal
     gallery_feats = [None] * n_gal
     use_gt = config.eval.use_gt
-    items = [(a.name, a) for a in dataset.gallery]
+    mine = dist.shard_range(n_gal)  # this process's gallery images
+    items = [(dataset.gallery[i].name, dataset.gallery[i]) for i in mine]
     loader = _loader(config, dataset, items, "gallery")
     for batch in progress.progress(loader, desc="gallery", unit="batch"):
         if use_gt:
@@ -78,6 +84,7 @@ def extract_features(
         for j, idx in enumerate(batch["index"]):
             if not batch["image_valid"][j]:
                 continue
+            idx = mine[idx]
             if use_gt:
                 ann = dataset.gallery[idx]
                 v = batch["box_valid"][j]
@@ -93,17 +100,27 @@ def extract_features(
     nq = len(q_items)
     query_box_feats = np.zeros((nq, dim), np.float32)
     ctx_dets, ctx_feats = [None] * nq, [None] * nq
-    loader = _loader(config, dataset, q_items, "query")
+    q_mine = dist.shard_range(nq)
+    loader = _loader(config, dataset, [q_items[i] for i in q_mine], "query")
     for batch in progress.progress(loader, desc="queries", unit="batch"):
         emb = inference.embed(batch, batch["boxes"][:, :1], batch["box_valid"][:, :1])
         ctx = inference.detect(batch, query_boxes=batch["boxes"][:, 0]) if need_context else None
         for j, idx in enumerate(batch["index"]):
             if not batch["image_valid"][j]:
                 continue
+            idx = q_mine[idx]
             query_box_feats[idx] = emb[j, 0]
             if ctx is not None:
                 ctx_dets[idx] = np.concatenate([ctx[j].boxes, ctx[j].scores[:, None]], 1)
                 ctx_feats[idx] = ctx[j].embeddings
+    if jax.process_count() > 1:  # every process's share, gathered in order
+        g, q = slice(mine.start, mine.stop), slice(q_mine.start, q_mine.stop)
+        gallery_dets = dist.gather_ragged(gallery_dets[g], 5)
+        gallery_feats = dist.gather_ragged(gallery_feats[g], dim)
+        query_box_feats = dist.allgather_rows(query_box_feats[q])
+        if need_context:
+            ctx_dets = dist.gather_ragged(ctx_dets[q], 5)
+            ctx_feats = dist.gather_ragged(ctx_feats[q], dim)
     return {
         "gallery_dets": gallery_dets,
         "gallery_feats": gallery_feats,
@@ -172,19 +189,26 @@ def evaluate(
     writer=None,
     step: Optional[int] = None,
 ) -> dict:
-    """Extract (or re-use cached) features, compute every metric, write the reports."""
+    """Extract (or re-use cached) features, compute every metric, write the reports.
+
+    Several processes: each extracts its share of the gallery and queries, process 0 computes
+    the metrics from the gathered features and writes the cache, the reports and TensorBoard;
+    every process returns the same results."""
     from seqnet_jax.evaluation import evaluator
 
+    variables = dist.host_local(variables)  # each process runs inference on its own share
     queries = dataset.queries
     if config.eval.max_queries > 0:
         queries = queries[: config.eval.max_queries]
     key = cache_key(config, checkpoint_id, dataset, len(queries))
     cache_dir = os.path.join(workdir, "eval_cache")
-    os.makedirs(cache_dir, exist_ok=True)
+    main = dist.is_main()
+    if main:
+        os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, f"features_{key}.npz")
-    if os.path.exists(path):
+    if dist.broadcast_object(main and os.path.exists(path)):  # process 0 decides for all
         logging.info("re-using cached features %s", path)
-        feats = _load_features(path)
+        feats = _load_features(path) if main else None
     else:
         t0 = time.time()
         inference = SeqNetInference(model, variables, config.model)
@@ -194,7 +218,10 @@ def evaluate(
             time.time() - t0,
             inference.num_compilations(),
         )
-        _save_features(path, feats)
+        if main:
+            _save_features(path, feats)
+    if not main:
+        return dist.broadcast_object(None)  # process 0's results
     t0 = time.time()
     e = config.eval
     results = evaluator.evaluate_all(
@@ -212,4 +239,4 @@ def evaluate(
     logging.info("evaluation (%s):\n%s", checkpoint_id, table)
     if writer is not None and step is not None:
         writer.scalars(step, evaluator.scalar_summary(results))
-    return results
+    return dist.broadcast_object(results)

@@ -132,7 +132,7 @@ def load_orbax_checkpoint(config, workdir: str, step: Optional[int] = None) -> L
             "--config.init.reference_checkpoint=PATH (a released PyTorch .pth or its .npz)"
         )
     try:
-        dev = SingleDeviceSharding(jax.devices()[0])
+        dev = SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev),
             ckpt.state_metadata(step),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 from absl import logging
 
+from seqnet_jax import distributed, model_loading
 from seqnet_jax import evaluate as eval_lib
-from seqnet_jax import model_loading
 from seqnet_jax.data import build_dataset
 from seqnet_jax.train_lib import train as train_lib
 
@@ -26,11 +26,14 @@ def run(config, workdir: str) -> dict:
     mode = config.eval.mode
     if mode not in MODES:
         raise ValueError(f"eval.mode must be one of {MODES}, got {mode!r}")
+    distributed.initialize(config)  # several processes: join them (before any device is used)
     logging.info("JAX devices: %s", jax.devices())
-    if mode == "eval":
-        return evaluate_checkpoint(config, workdir)
-    if mode == "search":
-        from seqnet_jax import search
+    # Several processes: a failure caused by another process's death names that process.
+    with distributed.stop_on_lost_process(mode, config.distributed.heartbeat_timeout_s):
+        if mode == "eval":
+            return evaluate_checkpoint(config, workdir)
+        if mode == "search":
+            from seqnet_jax import search
 
-        return search.search_from_config(config, workdir)
-    return train_lib.train_and_evaluate(config, workdir)
+            return search.search_from_config(config, workdir)
+        return train_lib.train_and_evaluate(config, workdir)

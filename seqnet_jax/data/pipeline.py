@@ -18,10 +18,16 @@ key             shape / dtype           meaning
 ``box_valid``   ``(B, G)`` bool         real, non-degenerate box rows
 ``index``       ``(B,)`` int32          index into the loader's input list; -1 for filler images
 ``image_valid`` ``(B,)`` bool           False for filler images (a short last batch)
+``rows``        ``(B,)`` int32          training batches only: each row's position in the global
+                                        batch (``TrainLoader`` with several processes)
 =============== ======================= ===========================================================
 
 Filler images repeat the last real image of the batch (so every image has a sane size) with
 ``image_valid = False``, ``index = -1`` and no valid boxes.
+
+With several processes (``TrainLoader(process_index=, process_count=)``) ``B`` is the process's
+share of the global batch: its rows ``rows`` of it, padded into the bucket the whole global batch
+needs (chosen from the annotated image sizes of every row).
 
 Loading runs in a thread pool (JPEG decoding and the numpy resize release the GIL); batches are
 assembled in order by one background thread and a few batches are prefetched.
@@ -151,6 +157,7 @@ def collate(
     compact_boxes: bool = True,
     names: Optional[Sequence[str]] = None,
     canvas: Optional[np.ndarray] = None,
+    bucket_sizes: Sequence[tuple[int, int]] = (),
 ) -> Batch:
     """Pad :func:`process_image` outputs into one static-shape batch (see the module docstring).
 
@@ -168,6 +175,8 @@ def collate(
       canvas: optional zero-initialised ``(batch_size, Hb, Wb, 3)`` float32 array into which the
         examples were resized (``process_image(out=canvas[i])``); used as ``images`` without
         copying when it has the chosen bucket's shape and holds every example.
+      bucket_sizes: further ``(h, w)`` sizes the bucket must hold (the other processes' images
+        of a global batch).
     """
     n = len(examples)
     if not 1 <= n <= batch_size:
@@ -175,7 +184,7 @@ def collate(
     names = list(names) if names is not None else [f"#{i}" for i in range(n)]
     indices = list(indices) if indices is not None else list(range(n))
     sizes = [tuple(int(v) for v in ex["image_size"]) for ex in examples]
-    hb, wb = transforms.choose_bucket(sizes, buckets)
+    hb, wb = transforms.choose_bucket(sizes + [tuple(s) for s in bucket_sizes], buckets)
     in_place = (
         canvas is not None
         and canvas.shape == (batch_size, hb, wb, 3)
@@ -215,6 +224,16 @@ def collate(
         batch["pids"][i, :k] = np.where(valid, pids, 0)
         batch["box_valid"][i, :k] = valid
     return batch
+
+
+class _BatchJobs(list):
+    """The image jobs of one batch (this process's rows) and the annotated sizes of the global
+    batch's other rows, which the padding bucket must hold too."""
+
+    def __init__(self, jobs, bucket_sizes=(), first_row: int = 0):
+        super().__init__(jobs)
+        self.bucket_sizes = list(bucket_sizes)
+        self.first_row = int(first_row)
 
 
 class _ImageJob:
@@ -273,6 +292,7 @@ class _LoaderBase:
             raise ValueError(f"max_boxes must be >= 1, got {max_boxes}")
         self.load_image = load_image
         self.batch_size = int(batch_size)
+        self.local_batch_size = self.batch_size  # rows this process loads of each batch
         self.min_size, self.max_size = int(min_size), int(max_size)
         self.buckets = transforms.check_buckets(
             buckets or transforms.default_buckets(self.min_size, self.max_size)
@@ -312,6 +332,13 @@ class _LoaderBase:
         if n > self.max_boxes:
             raise _too_many_boxes(name, n, self.max_boxes)
 
+    def _annotated_size(self, ann) -> Optional[tuple[int, int]]:
+        """The resized ``(h, w)`` of an image from its annotation, None if the size is unknown."""
+        if ann is None or ann.height <= 0 or ann.width <= 0:
+            return None
+        s = transforms.resize_scale(ann.height, ann.width, self.min_size, self.max_size)
+        return transforms.resized_size(ann.height, ann.width, s)
+
     def _plan_canvas(self, jobs: list[_ImageJob]) -> Optional[np.ndarray]:
         """A zeroed canvas for the batch when every annotation knows its image size, else None.
 
@@ -320,29 +347,36 @@ class _LoaderBase:
         """
         sizes = []
         for job in jobs:
-            ann = job.ann
-            if ann is None or ann.height <= 0 or ann.width <= 0:
+            size = self._annotated_size(job.ann)
+            if size is None:
                 return None
-            s = transforms.resize_scale(ann.height, ann.width, self.min_size, self.max_size)
-            sizes.append(transforms.resized_size(ann.height, ann.width, s))
+            sizes.append(size)
         try:
-            hb, wb = transforms.choose_bucket(sizes, self.buckets)
+            hb, wb = transforms.choose_bucket(
+                sizes + list(getattr(jobs, "bucket_sizes", ())), self.buckets
+            )
         except ValueError:
             return None  # collate raises with the decoded sizes
-        return np.zeros((self.batch_size, hb, wb, 3), np.float32)
+        return np.zeros((self.local_batch_size, hb, wb, 3), np.float32)
 
     def _assemble(self, jobs: list[_ImageJob], futures: list, canvas) -> Batch:
         examples = [f.result() for f in futures]
-        return collate(
+        batch = collate(
             examples,
-            batch_size=self.batch_size,
+            batch_size=self.local_batch_size,
             buckets=self.buckets,
             max_boxes=self.max_boxes,
             indices=[j.index for j in jobs],
             compact_boxes=self.compact_boxes,
             names=[j.name for j in jobs],
             canvas=canvas,
+            bucket_sizes=getattr(jobs, "bucket_sizes", ()),
         )
+        if isinstance(jobs, _BatchJobs):
+            batch["rows"] = np.arange(
+                jobs.first_row, jobs.first_row + self.local_batch_size, dtype=np.int32
+            )
+        return batch
 
     def _run(self, batches: Iterator[list[_ImageJob]]) -> Iterator[Batch]:
         """Yields assembled batches in order; images of ``prefetch`` batches are in flight."""
@@ -400,6 +434,12 @@ class TrainLoader(_LoaderBase):
     the square one a mixed batch needs: the epoch order is the shuffled order split into the two
     groups, cut into batches, with the batches shuffled again; the left-over images of both groups
     share the last batches. Images of unknown size count as landscape.
+
+    Several processes (``process_count > 1``): ``batch_size`` is the global batch. Every process
+    computes the same epoch order and flips; process ``p`` loads rows ``p*b .. p*b+b-1`` of each
+    batch (``b = batch_size / process_count``; ``rows`` in the batch), padded into the bucket the
+    global batch needs when the annotations know every image's size. The state is the global
+    position, so a run can resume on another number of processes.
     """
 
     def __init__(
@@ -417,6 +457,8 @@ class TrainLoader(_LoaderBase):
         drop_last: bool = True,
         prefetch: Optional[int] = None,
         group_by_aspect_ratio: bool = False,
+        process_index: int = 0,
+        process_count: int = 1,
     ):
         super().__init__(
             load_image,
@@ -431,6 +473,17 @@ class TrainLoader(_LoaderBase):
         )
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if process_count < 1 or not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} out of range 0..{process_count - 1}")
+        if self.batch_size % process_count:
+            raise ValueError(
+                f"the global batch of {self.batch_size} images (data.batch_size) does not divide "
+                f"over {process_count} processes"
+            )
+        if process_count > 1 and not drop_last:
+            raise ValueError("several processes need drop_last=True (full global batches)")
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        self.local_batch_size = self.batch_size // self.process_count
         self.seed = int(seed)
         self.flip_prob = float(flip_prob)
         self.drop_last = bool(drop_last)
@@ -519,13 +572,25 @@ class TrainLoader(_LoaderBase):
         rng = np.random.default_rng([self.seed, _FLIP_TAG, int(epoch), int(position)])
         return bool(rng.random() < self.flip_prob)
 
-    def _jobs(self, epoch: int, order: np.ndarray, b: int) -> list[_ImageJob]:
+    def _jobs(self, epoch: int, order: np.ndarray, b: int) -> _BatchJobs:
         start = b * self.batch_size
+        positions = range(start, min(start + self.batch_size, len(order)))
+        first = self.process_index * self.local_batch_size
+        mine = positions[first : first + self.local_batch_size]
         jobs = []
-        for p in range(start, min(start + self.batch_size, len(order))):
+        for p in mine:
             ann = self._annotations[int(order[p])]
             jobs.append(_ImageJob(self, int(order[p]), ann.name, ann, self.flip_decision(epoch, p)))
-        return jobs
+        others = []
+        if self.process_count > 1:  # the bucket must hold the other processes' rows too
+            others = [
+                self._annotated_size(self._annotations[int(order[p])])
+                for p in positions
+                if p not in mine
+            ]
+            if any(size is None for size in others):
+                others = []  # unknown sizes: the Trainer agrees on the bucket after decoding
+        return _BatchJobs(jobs, others, first_row=first)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, start = self._epoch, self._position

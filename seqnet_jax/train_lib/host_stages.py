@@ -27,6 +27,13 @@ def _rng(seed: int, step: int, tag: int, image: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(step), tag, int(image)])
 
 
+def _row(batch: dict, i: int) -> int:
+    """Local row ``i``'s position in the global batch (``batch['rows']``, several processes):
+    the sampling streams are per global row, so N processes sample exactly as one."""
+    rows = batch.get("rows")
+    return i if rows is None else int(rows[i])
+
+
 def _finite_targets(targets: np.ndarray, positive: np.ndarray) -> np.ndarray:
     """Regression targets only matter for positives; zero the rest (degenerate boxes give
     inf/NaN encodings there) and fail loudly if a positive's target is not finite."""
@@ -67,7 +74,9 @@ class HostStages:
 
     @staticmethod
     def canvas_feat_hw(batch: dict) -> tuple:
-        c = canvas_ops.canvas_sizes(batch["image_sizes"], per_image=False, xp=np)[0]
+        # the canvas of the GLOBAL batch (``global_image_sizes``: every process's rows)
+        sizes = batch.get("global_image_sizes", batch["image_sizes"])
+        c = canvas_ops.canvas_sizes(sizes, per_image=False, xp=np)[0]
         return int(c[0]) // FEATURE_STRIDE, int(c[1]) // FEATURE_STRIDE
 
     def rpn_targets(self, batch: dict, step: int, feat_hw: tuple) -> Dict[str, np.ndarray]:
@@ -88,7 +97,7 @@ class HostStages:
                 anchors,
                 batch["boxes"][i],
                 batch["box_valid"][i],
-                _rng(self.seed, step, _RPN_TAG, i),
+                _rng(self.seed, step, _RPN_TAG, _row(batch, i)),
                 batch_size=r.batch_size_train,
                 positive_fraction=r.pos_frac_train,
                 high=r.pos_thresh_train,
@@ -125,7 +134,7 @@ class HostStages:
                 batch["boxes"][i],
                 batch["pids"][i],
                 batch["box_valid"][i],
-                _rng(self.seed, step, tag, i),
+                _rng(self.seed, step, tag, _row(batch, i)),
                 batch_size=h.batch_size_train,
                 positive_fraction=h.pos_frac_train,
                 fg_iou=h.pos_thresh_train,

@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from seqnet_jax import checkpoints as ckpt_lib
 from seqnet_jax import progress as progress_lib
-from seqnet_jax.data import build_dataset
+from seqnet_jax.data import build_dataset, transforms
 from seqnet_jax.data.pipeline import TrainLoader
 from seqnet_jax.modeling import seqnet
 from seqnet_jax.modeling.losses import LOSS_NAMES
@@ -44,8 +44,41 @@ def num_pids_from(config, dataset) -> int:
 
 
 def make_mesh() -> Mesh:
-    """A 1-D ``('data',)`` mesh over every device: batch split, state replicated."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
+    """A 1-D ``('data',)`` mesh over every device of every process: batch split, state
+    replicated. Devices are ordered by process, so process ``p`` holds the rows ``p*b ..
+    p*b+b-1`` of a global batch (``b`` = its share), the rows its loader read."""
+    devices = sorted(jax.devices(), key=lambda dev: (dev.process_index, dev.id))
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def check_batch_divides(batch_size: int) -> None:
+    """The global batch must split evenly over every device (of every process)."""
+    n, p = jax.device_count(), jax.process_count()
+    if batch_size % n:
+        where = f"{p} processes with {jax.local_device_count()} each" if p > 1 else "1 process"
+        raise ValueError(
+            f"data.batch_size={batch_size} (the global batch) does not divide over the {n} "
+            f"devices ({where}): use a multiple of {n}"
+        )
+
+
+def local_rows(x) -> np.ndarray:
+    """This process's rows of a batch-sharded (or replicated) device array, in global order."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    n, p = x.shape[0], jax.process_count()
+    lo, hi = jax.process_index() * n // p, (jax.process_index() + 1) * n // p
+    out = np.empty((hi - lo,) + x.shape[1:], x.dtype)
+    filled = np.zeros(hi - lo, bool)
+    for shard in x.addressable_shards:
+        start, stop, _ = shard.index[0].indices(n) if shard.index else (0, n, 1)
+        a, b = max(start, lo), min(stop, hi)
+        if a < b:
+            out[a - lo : b - lo] = np.asarray(shard.data)[a - start : b - start]
+            filled[a - lo : b - lo] = True
+    if not filled.all():
+        raise ValueError(f"rows {lo}..{hi - 1} of a {x.shape} array are not on this process")
+    return out
 
 
 def init_model_variables(config, model: seqnet.SeqNet, rng) -> dict:
@@ -81,19 +114,31 @@ def abstract_train_state(config, model: seqnet.SeqNet):
     return jax.eval_shape(build, jax.random.PRNGKey(0))
 
 
-def create_train_state(config, model, steps_per_epoch: int, rng):
+def create_train_state(config, model, steps_per_epoch: int, rng, sharding=None):
+    """The initial train state and optimizer. ``sharding`` (e.g. replicated over the run's mesh):
+    where the state is placed; a random initialisation is then one jitted program over every
+    device (several processes compile and cache it once, not each for its own device)."""
     init_rng, run_rng = jax.random.split(rng)
-    variables = init_model_variables(config, model, init_rng)
-    tx = make_optimizer(config.solver, variables["params"], steps_per_epoch)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=variables["params"],
-        batch_stats=variables["batch_stats"],
-        oim_state=variables["oim_state"],
-        opt_state=tx.init(variables["params"]),
-        rng=run_rng,
-    )
-    return state, tx
+
+    def build(variables, run_rng):
+        tx = make_optimizer(config.solver, variables["params"], steps_per_epoch)
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            oim_state=variables["oim_state"],
+            opt_state=tx.init(variables["params"]),
+            rng=run_rng,
+        )
+        return state, tx
+
+    if sharding is None or config.init.imagenet_weights or config.init.reference_checkpoint:
+        state, tx = build(init_model_variables(config, model, init_rng), run_rng)
+        return (state if sharding is None else jax.device_put(state, sharding)), tx
+    state = jax.jit(
+        lambda r1, r2: build(seqnet.init_variables(model, r1), r2)[0], out_shardings=sharding
+    )(init_rng, run_rng)
+    return state, make_optimizer(config.solver, state.params, steps_per_epoch)
 
 
 class Trainer:
@@ -105,6 +150,10 @@ class Trainer:
         self.mesh = mesh or make_mesh()
         self.replicated = NamedSharding(self.mesh, P())
         self.data_sharding = NamedSharding(self.mesh, P("data"))
+        self.buckets = transforms.check_buckets(
+            buckets_from_config(config.data)
+            or transforms.default_buckets(config.data.min_size, config.data.max_size)
+        )
         self.host = HostStages(config.model, config.seed, config.data.num_workers)
         self.propose = jax.jit(
             functools.partial(
@@ -121,7 +170,31 @@ class Trainer:
         return int(sum(f._cache_size() for f in (self.propose, self.first_stage, self.train_step)))
 
     def shard(self, tree):
-        return jax.device_put(tree, self.data_sharding)
+        """This process's rows → batch-sharded global arrays (all rows with one process)."""
+        if jax.process_count() == 1:
+            return jax.device_put(tree, self.data_sharding)
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(x)),
+            tree,
+        )
+
+    def global_batch(self, batch: dict) -> dict:
+        """Several processes: every process's image sizes (``global_image_sizes``, for the host's
+        canvas of the whole batch) and the images padded into the bucket the global batch needs
+        (the loader already chose it when the annotations know every size). One process: as is."""
+        if jax.process_count() == 1:
+            return batch
+        from seqnet_jax import distributed as dist
+
+        sizes = dist.allgather_rows(np.asarray(batch["image_sizes"], np.int32))
+        hb, wb = transforms.choose_bucket([tuple(int(v) for v in s) for s in sizes], self.buckets)
+        images = batch["images"]
+        if images.shape[1:3] != (hb, wb):  # cut or pad the zero border (images fit the bucket)
+            fitted = np.zeros(images.shape[:1] + (hb, wb) + images.shape[3:], images.dtype)
+            h, w = min(hb, images.shape[1]), min(wb, images.shape[2])
+            fitted[:, :h, :w] = images[:, :h, :w]
+            images = fitted
+        return {**batch, "images": images, "global_image_sizes": sizes}
 
     def _t(self, name, t0):
         t = time.perf_counter()
@@ -132,12 +205,13 @@ class Trainer:
         """Propose → NMS → sample → first stage → sample → train step."""
         step = int(state.step)
         t = time.perf_counter()
+        batch = self.global_batch(batch)
         dev = self.shard({"images": batch["images"], "image_sizes": batch["image_sizes"]})
         variables = state.variables
         boxes, scores, cache = self.propose(variables, dev["images"], dev["image_sizes"])
         feat_hw = cache["feat"].shape[1:3]
         rpn_t = self.host.rpn_targets(batch, step, feat_hw)
-        boxes, scores = jax.device_get((boxes, scores))
+        boxes, scores = local_rows(boxes), local_rows(scores)
         t = self._t("device_propose", t)
         props, pvalid = self.host.proposals(boxes, scores)
         s1 = self.host.roi_targets(props, pvalid, batch, step, stage=1)
@@ -146,7 +220,7 @@ class Trainer:
         refined, cache = self.first_stage(
             variables, cache, s1_dev["boxes"], s1_dev["valid"], dev["image_sizes"]
         )
-        refined = np.asarray(jax.device_get(refined))
+        refined = local_rows(refined)
         t = self._t("device_stage1", t)
         s2 = self.host.roi_targets(refined, s1["valid"], batch, step, stage=2)
         t = self._t("host_sample2", t)
@@ -227,6 +301,8 @@ class MetricWriter:
 
     def __init__(self, logdir: str):
         self.writer = None
+        if jax.process_index() != 0:  # TensorBoard comes from process 0
+            return
         try:
             from tensorboardX import SummaryWriter
 
@@ -288,10 +364,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     from seqnet_jax import evaluate as eval_lib
 
     os.makedirs(workdir, exist_ok=True)
+    d = config.data
+    check_batch_divides(d.batch_size)  # before any work
     dataset = build_dataset(config)
     num_pids = num_pids_from(config, dataset)
     model = seqnet.build_model(config.model, num_pids)
-    d = config.data
     loader = TrainLoader(
         dataset.train,
         functools.partial(dataset.load_image, "train"),
@@ -304,13 +381,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
         flip_prob=d.flip_prob,
         num_workers=d.num_workers,
         group_by_aspect_ratio=d.group_by_aspect_ratio,
+        process_index=jax.process_index(),  # each process loads its rows of every batch
+        process_count=jax.process_count(),
     )
     spe = loader.num_batches_per_epoch
-    if d.batch_size % jax.device_count():
-        raise ValueError(
-            f"data.batch_size={d.batch_size} must be divisible by the {jax.device_count()} devices"
-        )
-    state, tx = create_train_state(config, model, spe, jax.random.PRNGKey(config.seed))
+    mesh = make_mesh()
+    # Replicated over every device of every process before a restore, so orbax restores into
+    # the run's shardings whatever number of processes wrote the checkpoint.
+    state, tx = create_train_state(
+        config, model, spe, jax.random.PRNGKey(config.seed), NamedSharding(mesh, P())
+    )
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     if ckpt.latest_step() is not None:
         check_checkpoint_fits(ckpt, state, workdir, config)
@@ -322,8 +402,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
             loader.epoch,
             loader.state_dict()["position"],
         )
-    write_config(workdir, config)  # only now: the run is valid (dataset, model, checkpoint fit)
-    trainer = Trainer(config, model, tx)
+    if jax.process_index() == 0:
+        write_config(workdir, config)  # only now: the run is valid (dataset, model, checkpoint)
+    trainer = Trainer(config, model, tx, mesh)
     state = jax.device_put(state, trainer.replicated)
     total_steps = spe * config.solver.max_epochs
     if config.solver.max_steps > 0:
@@ -342,6 +423,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     results: dict = {}
 
     def save(step):
+        if ckpt.latest_step() == step:  # e.g. checkpoint_every_steps hit the epoch's end
+            return
         ckpt.save(
             step, state, {"loader": loader.state_dict(), "step": int(step), "num_pids": num_pids}
         )
@@ -407,6 +490,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         step=step,
                     )
     except KeyboardInterrupt:
+        if jax.process_count() > 1:  # the processes may stop at different steps: no save
+            logging.warning("interrupted at step %d: resume from the last checkpoint", step)
+            raise
         logging.warning("interrupted: saving a checkpoint at step %d", step)
         save(step)
         raise
@@ -415,6 +501,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         trainer.host.close()
         writer.close()
         ckpt.close()
-        with open(os.path.join(workdir, "timings.json"), "w") as f:
-            json.dump({k: float(np.median(v)) for k, v in trainer.timings.items()}, f, indent=2)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "timings.json"), "w") as f:
+                json.dump({k: float(np.median(v)) for k, v in trainer.timings.items()}, f, indent=2)
     return results
