@@ -121,33 +121,7 @@ def test_end_to_end_train_then_eval_mode_reuses_features(tmp_path, caplog):
     )
 
 
-def test_train_step_runs_data_parallel_on_two_devices(tmp_path):
-    """The same code on a 2-device ('data',) mesh (simulated CPU devices): batch split, state
-    replicated, one global OIM table."""
-    import subprocess
-    import sys
-    import textwrap
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = textwrap.dedent(f"""
-        import jax
-        assert jax.device_count() == 2, jax.devices()
-        from seqnet_jax.train_lib import train as train_lib
-        from tests.tiny import tiny_config
-        train_lib.train_and_evaluate(tiny_config(max_steps=1), {str(tmp_path)!r})
-        print("OK", jax.device_count())
-    """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=root)
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "OK 2" in proc.stdout
+# 1 process x 2 devices (and 2 processes): tests/test_distributed.py, same numbers as 1 device.
 
 
 def test_logged_metrics_are_window_means_and_the_parameter_table_is_written(

@@ -37,3 +37,8 @@ def tiny_config(max_steps: int = 2):
     c.eval.max_queries = 3
     c.eval.mode = "train"
     return c
+
+
+def get_config(max_steps: str = "2"):
+    """For ``main.py --config tests/tiny.py:STEPS`` (the subprocess tests)."""
+    return tiny_config(int(max_steps))
