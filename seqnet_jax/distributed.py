@@ -327,7 +327,8 @@ def _register_process() -> None:
     client = _client()
     if client is not None:
         info = {"host": socket.gethostname(), "pid": os.getpid()}
-        client.key_value_set(_PROCESS_KEY.format(jax.process_index()), json.dumps(info))
+        key = _PROCESS_KEY.format(jax.process_index())
+        client.key_value_set(key, json.dumps(info), allow_overwrite=True)
 
 
 def _pid_alive(pid: int) -> bool:

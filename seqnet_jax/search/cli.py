@@ -41,9 +41,13 @@ def search_from_config(config, workdir: str) -> dict:
     searcher = PersonSearcher.from_config(config, workdir)
     logging.info("model loaded in %.1f s", time.perf_counter() - t)
     results = searcher.search(opts, prepared)
+    import jax
+
     out = os.path.abspath(opts.output)
-    print(
-        f"search results: {os.path.join(out, 'index.html')} (results.json, overview.png, frames/)",
-        flush=True,
-    )
+    if jax.process_index() == 0:  # several processes: the outputs are process 0's
+        print(
+            f"search results: {os.path.join(out, 'index.html')} (results.json, overview.png, "
+            "frames/)",
+            flush=True,
+        )
     return results

@@ -12,13 +12,16 @@ from __future__ import annotations
 import collections
 import json
 import os
+import pickle
 import shutil
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import jax
 import numpy as np
 from absl import logging
 
+from seqnet_jax import distributed as dist
 from seqnet_jax import model_loading
 from seqnet_jax.data import transforms
 from seqnet_jax.data.pipeline import collate, process_image
@@ -102,6 +105,10 @@ class PersonSearcher:
             len(todo),
             len(vanished),
         )
+        # Several processes: each extracts its contiguous share of the new files; process 0
+        # gathers the records and alone writes the index.
+        main = dist.is_main()
+        mine = [todo[i] for i in dist.shard_range(len(todo))]
         if todo:
             t1 = time.perf_counter()
             last_save = [time.perf_counter(), 0.0]  # when, and how long the last save took
@@ -110,6 +117,8 @@ class PersonSearcher:
                 # Keep progress if interrupted: save every SAVE_EVERY_S seconds, less often when
                 # a save itself is slow (a large index), so saving costs at most ~1/5 of the time.
                 index.records[rec.key] = rec
+                if not main:
+                    return
                 now = time.perf_counter()
                 if now - last_save[0] > max(SAVE_EVERY_S, 5 * last_save[1]):
                     index.save(root)
@@ -117,7 +126,7 @@ class PersonSearcher:
 
             ex = GalleryExtractor(
                 self.inference,
-                todo,
+                mine,
                 video_fps,
                 batch_size,
                 self.min_size,
@@ -127,15 +136,26 @@ class PersonSearcher:
                 self.dim,
             )
             try:
-                ex.run(on_done)
+                if mine:
+                    ex.run(on_done)
             finally:
-                index.save(root)
+                if main:
+                    index.save(root)
+            num_frames = ex.num_frames if mine else 0
+            if jax.process_count() > 1:
+                blobs = dist.allgather_bytes(pickle.dumps([index.records[f.key] for f in mine]))
+                for blob in blobs:
+                    for rec in pickle.loads(blob):
+                        index.records[rec.key] = rec
+                num_frames = int(dist.allgather(np.asarray([num_frames], np.int64)).sum())
+                if main:
+                    index.save(root)
             stats.update(
-                frames_processed=ex.num_frames,
-                extract_frames_per_s=ex.frames_per_s,
+                frames_processed=num_frames,
+                extract_frames_per_s=ex.frames_per_s if mine else None,
                 extract_s=time.perf_counter() - t1,
             )
-        elif vanished:
+        elif vanished and main:
             index.save(root)
         return index, stats
 
@@ -163,14 +183,17 @@ class PersonSearcher:
         timings = {"prepare_s": prepared.seconds}  # input checks + gallery listing (stat)
 
         t = time.perf_counter()
-        query_feat, ctx_feats, ctx_boxes = self.embed_query(
-            prepared.image, prepared.box, context=opts.cbgm
-        )
+        if dist.is_main():  # several processes: they share the gallery, process 0 the rest
+            query_feat, ctx_feats, ctx_boxes = self.embed_query(
+                prepared.image, prepared.box, context=opts.cbgm
+            )
         timings["query_s"] = time.perf_counter() - t
 
         index, stats = self.update_index(
             prepared.root, prepared.files, index_dir, opts.video_fps, opts.batch_size
         )
+        if not dist.is_main():
+            return dist.broadcast_object(None)  # process 0's results
         timings["index_load_s"] = stats["load_s"]
         timings["extract_s"] = stats["extract_s"]
 
@@ -208,7 +231,7 @@ class PersonSearcher:
             json.dump(results, f, indent=1)
         self.last_stats = {**stats, **timings}
         self._log_summary(results)
-        return results
+        return dist.broadcast_object(results)
 
     def _write_outputs(
         self,

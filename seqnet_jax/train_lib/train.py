@@ -186,7 +186,8 @@ class Trainer:
             return batch
         from seqnet_jax import distributed as dist
 
-        sizes = dist.allgather_rows(np.asarray(batch["image_sizes"], np.int32))
+        # one small collective per step: (local rows, 2) int32 from every process
+        sizes = dist.allgather(np.asarray(batch["image_sizes"], np.int32)).reshape(-1, 2)
         hb, wb = transforms.choose_bucket([tuple(int(v) for v in s) for s in sizes], self.buckets)
         images = batch["images"]
         if images.shape[1:3] != (hb, wb):  # cut or pad the zero border (images fit the bucket)
@@ -204,7 +205,7 @@ class Trainer:
     def iteration(self, state: TrainState, batch: dict):
         """Propose → NMS → sample → first stage → sample → train step."""
         step = int(state.step)
-        t = time.perf_counter()
+        t = t_start = time.perf_counter()
         batch = self.global_batch(batch)
         dev = self.shard({"images": batch["images"], "image_sizes": batch["image_sizes"]})
         variables = state.variables
@@ -229,6 +230,7 @@ class Trainer:
         )
         metrics = jax.device_get(metrics)
         self._t("device_train_step", t)
+        self._t("iteration", t_start)
         return state, metrics
 
 
