@@ -33,8 +33,7 @@ WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
 TIMEOUT = 420  # seconds for any one run (a 2-core CI machine compiling the tiny model)
 # The same flags for every training run: equal programs, so the compilation cache is shared.
 COMMON = [
-    "--config.checkpoint_every_steps=3",
-    "--config.keep_checkpoints=5",
+    "--config.keep_checkpoints=6",
     "--config.model.rpn.nms_processes=0",  # no NMS worker processes next to 2 CPU processes
     "--config.model.roi_head.score_thresh_test=0.0",  # an untrained model still detects
 ]
@@ -119,20 +118,56 @@ def _assert_states_equal(a, b):
     assert int(oa["header"]) == int(ob["header"]) and int(oa["header"]) > 0
 
 
+def _search_inputs(folder) -> list:
+    """A gallery folder of the tiny dataset's gallery images, a query image and box: the
+    ``--config.search.*`` flags of a search."""
+    from PIL import Image
+
+    from seqnet_jax.data import build_dataset
+
+    dataset = build_dataset(tiny_config())
+    gallery = folder / "gallery"
+    gallery.mkdir(parents=True)
+    for ann in dataset.gallery[:6]:
+        image = dataset.load_image("gallery", ann.name)
+        Image.fromarray(image).save(gallery / f"{os.path.basename(ann.name)}.png")
+    q = dataset.queries[0]
+    Image.fromarray(dataset.load_image("query", q.name)).save(folder / "query.png")
+    return [
+        "--then_search",
+        f"--config.search.query={folder / 'query.png'}",
+        "--config.search.query_box=" + ",".join(f"{v:.1f}" for v in q.box),
+        f"--config.search.gallery={gallery}",
+        "--config.search.cbgm=True",
+        "--config.search.jax_cache=False",
+        "--config.search.batch_size=2",
+    ]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("distributed")
     cache = str(base / "jax_cache")
     a, b, c = base / "a", base / "b", base / "c"
+    search = _search_inputs(base / "search_inputs")
     # (a), (b) and (c) at once (the machine's cores are shared; the programs differ anyway).
-    pa = _start([sys.executable] + _worker(a, 4), _env(cache), base / "a.log")
-    pb = _start([sys.executable] + _worker(b, 3), _env(cache, devices=2), base / "b.log")
-    launcher = [sys.executable, "-m", "seqnet_jax.launch", "--num_processes", "2", "--cpu", "--"]
-    pc = _start(
-        launcher + _worker(c, 3, "--config.eval.mode=train_and_eval"), _env(cache), base / "c.log"
+    # (a) runs 5 steps with a checkpoint at each: the reference of the resumed runs below.
+    pa = _start(
+        [sys.executable] + _worker(a, 5, "--config.checkpoint_every_steps=1"),
+        _env(cache),
+        base / "a.log",
     )
+    pb = _start(
+        [sys.executable] + _worker(b, 3, "--config.checkpoint_every_steps=3"),
+        _env(cache, devices=2),
+        base / "b.log",
+    )
+    launcher = [sys.executable, "-m", "seqnet_jax.launch", "--num_processes", "2", "--cpu", "--"]
+    # (c) also evaluates at its end and then searches, both with 2 processes.
+    flags = ["--config.checkpoint_every_steps=3", "--config.eval.mode=train_and_eval"] + search
+    pc = _start(launcher + _worker(c, 3, *flags), _env(cache), base / "c.log")
     logs = {k: _finish(p, base / f"{k}.log") for k, p in (("a", pa), ("b", pb), ("c", pc))}
-    return {"base": base, "cache": cache, "a": a, "b": b, "c": c, "logs": logs}
+    return {"base": base, "cache": cache, "a": a, "b": b, "c": c, "logs": logs, "search": search}
 
 
 def test_same_losses_parameters_and_oim_state_as_one_device(runs):
@@ -158,7 +193,9 @@ def test_same_losses_parameters_and_oim_state_as_one_device(runs):
 
 def test_two_process_checkpoint_resumes_in_one_process_as_uninterrupted(runs):
     resumed = runs["base"] / "c_resumed"
-    shutil.copytree(runs["c"], resumed, ignore=shutil.ignore_patterns("eval*", "metrics_*"))
+    shutil.copytree(
+        runs["c"], resumed, ignore=shutil.ignore_patterns("eval*", "metrics_*", "search")
+    )
     p = _start(
         [sys.executable] + _worker(resumed, 4), _env(runs["cache"]), runs["base"] / "resume.log"
     )
@@ -178,11 +215,10 @@ def test_two_process_evaluation_equals_one_process(runs):
     gives the same features (gathered in gallery order) and metrics."""
     c = runs["c"]
     one = runs["base"] / "c_eval1"
-    shutil.copytree(c, one, ignore=shutil.ignore_patterns("eval*", "metrics_*"))
+    shutil.copytree(c, one, ignore=shutil.ignore_patterns("eval*", "metrics_*", "search"))
+    flags = ["--config.eval.mode=eval", "--config.eval.checkpoint=3"] + runs["search"]
     p = _start(
-        [sys.executable] + _worker(one, 3, "--config.eval.mode=eval", "--config.eval.checkpoint=3"),
-        _env(runs["cache"]),
-        runs["base"] / "eval1.log",
+        [sys.executable] + _worker(one, 3, *flags), _env(runs["cache"]), runs["base"] / "eval1.log"
     )
     _finish(p, runs["base"] / "eval1.log")
     (two_cache,) = glob.glob(str(c / "eval_cache" / "*.npz"))
@@ -203,6 +239,17 @@ def test_two_process_evaluation_equals_one_process(runs):
     assert "[0] " in log and "step 3/3" in log
     assert not [ln for ln in log.splitlines() if ln.startswith("[1]") and "step 3/3" in ln]
     assert "[launch] all processes finished" in log
+    # the search of (c): each process took its share of the gallery files, process 0 wrote
+    s2 = json.loads((c / "search" / "results.json").read_text())
+    s1 = json.loads((one / "search" / "results.json").read_text())
+    assert s2["index"]["processed"] == s1["index"]["processed"] == 6
+    assert s2["index"]["frames_processed"] == s1["index"]["frames_processed"] == 6
+    assert s1["summary"]["num_detections"] > 0
+    for d in s1["detections"] + s2["detections"]:
+        d.pop("annotated")  # a path under each run's own output folder
+    _same_json(s2["detections"], s1["detections"])
+    _same_json(s2["summary"], s1["summary"])
+    assert s2["query"]["context_boxes"] == s1["query"]["context_boxes"]
 
 
 def _same_json(a, b, path="") -> bool:
@@ -219,9 +266,14 @@ def _same_json(a, b, path="") -> bool:
     return True
 
 
-def test_killed_process_stops_the_other_with_a_clear_error(runs, tmp_path):
-    """kill -9 of process 1 mid-training: process 0 exits non-zero within a bounded time, its
-    error names the lost process, and the last checkpoint restores."""
+def test_one_process_checkpoint_resumes_in_two_then_a_killed_process_stops_the_other(
+    runs, tmp_path
+):
+    """(a)'s step-3 checkpoint (1 process) resumes in 2 processes: steps 4 and 5 equal (a)'s.
+    Then kill -9 of process 1: process 0 exits non-zero at once, its error names the lost
+    process, and the last checkpoint restores (a relaunch resumes from it)."""
+    work = tmp_path / "run"
+    shutil.copytree(runs["a"], work, ignore=shutil.ignore_patterns("metrics_*", "4", "5"))
     env = _env(runs["cache"])
     port = launch.free_port()
     flags = [
@@ -229,9 +281,8 @@ def test_killed_process_stops_the_other_with_a_clear_error(runs, tmp_path):
         "--config.distributed.num_processes=2",
         "--config.distributed.heartbeat_timeout_s=10",
         "--config.checkpoint_every_steps=1",
-        "--config.eval.mode=train",
     ]
-    cmds = [_worker(tmp_path, 60, *flags, f"--config.distributed.process_id={i}") for i in range(2)]
+    cmds = [_worker(work, 60, *flags, f"--config.distributed.process_id={i}") for i in range(2)]
     p0 = subprocess.Popen(
         [sys.executable] + cmds[0],
         cwd=ROOT,
@@ -253,16 +304,16 @@ def test_killed_process_stops_the_other_with_a_clear_error(runs, tmp_path):
     def read():
         for line in p0.stdout:
             lines.append(line)
-            if "step 2/" in line:
+            if "step 6/" in line:
                 reached.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         assert reached.wait(TIMEOUT), "".join(lines)[-3000:]
-        p1.send_signal(signal.SIGKILL)
+        p1.send_signal(signal.SIGKILL)  # not reaped: a zombie counts as dead
         t0 = time.monotonic()
-        p0.wait(timeout=120)  # heartbeat 10 s; a collective fails at once
+        p0.wait(timeout=120)
         took = time.monotonic() - t0
     finally:
         for p in (p0, p1):
@@ -271,16 +322,20 @@ def test_killed_process_stops_the_other_with_a_clear_error(runs, tmp_path):
                 p.wait()
     reader.join(10)
     out = "".join(lines)
-    (tmp_path / "process0.log").write_text(out)
+    assert "resumed from step 3" in out, out[-3000:]
+    ref = _metrics(runs["a"])
+    got = _metrics(work, 0)
+    for step in (4, 5):
+        for k in LOSSES:
+            assert got[step - 4][k] == pytest.approx(ref[step - 1][k], rel=1e-4), (step, k)
     assert p0.returncode != 0, out[-3000:]
-    assert took < 60, took
-    assert "process 0: lost process 1 of 2 during train: another process has stopped" in out, out[
-        -3000:
-    ]
+    assert took < 30, took  # the collective fails at once; no heartbeat wait
+    msg = "process 0: lost process 1 of 2 during train: another process has stopped"
+    assert msg in out, out[-3000:]
     assert "LostProcessError" in out
-    steps = [int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()]
-    assert steps and max(steps) >= 1
-    state, meta = _state(tmp_path, max(steps))  # intact: restores (a relaunch resumes from it)
+    steps = [int(n) for n in os.listdir(work / "checkpoints") if n.isdigit()]
+    assert max(steps) >= 5
+    state, meta = _state(work, max(steps))  # intact: restores
     assert int(state.step) == max(steps) == meta["step"]
 
 
