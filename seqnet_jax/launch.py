@@ -9,8 +9,9 @@ script taking the same ``--config.distributed.*`` overrides). Process ``i`` gets
 --config.distributed.process_id=i`` and, unless ``--cpu``, ``CUDA_VISIBLE_DEVICES`` = its
 ``--devices_per_process`` GPUs (taken in order from the launcher's own ``CUDA_VISIBLE_DEVICES``,
 or 0, 1, 2, ...). Each output line is prefixed with ``[i]``. When a process fails the others are
-stopped (SIGTERM, then SIGKILL after ``--grace_s``) and the launcher exits with the failed one's
-status; Ctrl-C stops them all.
+stopped (SIGINT, as a Ctrl-C, then SIGKILL after ``--grace_s``) and the launcher exits with the
+failed one's status; Ctrl-C stops them all the same way. (SIGINT, not SIGTERM: JAX's
+multi-process runtime takes SIGTERM as a preemption notice and keeps running.)
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def launch(
             return
         say(f"{reason}: stopping process(es) {', '.join(map(str, alive))}")
         for i in alive:
-            procs[i].send_signal(signal.SIGTERM)
+            procs[i].send_signal(signal.SIGINT)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and any(procs[i].poll() is None for i in alive):
             time.sleep(0.1)

@@ -445,3 +445,22 @@ def test_launcher_commands_and_devices():
     with pytest.raises(SystemExit, match="need 4 devices"):
         launch.device_lists(2, 2, "0,1")
     assert launch.describe_status(-9) == "killed by SIGKILL"
+
+
+def test_launcher_stops_the_others_when_one_fails(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys, time\n"
+        "pid = int([a for a in sys.argv if 'process_id=' in a][0].split('=')[1])\n"
+        "print('hello from', pid, flush=True)\n"
+        "sys.exit(3) if pid == 1 else time.sleep(60)\n"
+    )
+    out = tmp_path / "out.txt"
+    t0 = time.monotonic()
+    with open(out, "w") as f:
+        status = launch.launch([str(script)], 2, cpu=True, grace_s=5, out=f)
+    assert status == 3
+    assert time.monotonic() - t0 < 20
+    text = out.read_text()
+    assert "[0] hello from 0" in text and "[1] hello from 1" in text
+    assert "[launch] process 1 failed (exit status 3): stopping process(es) 0" in text
