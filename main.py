@@ -6,7 +6,11 @@
   python main.py --config configs/cuhk.py --workdir runs/cuhk --config.eval.mode=search \
       --config.search.query=me.jpg --config.search.gallery=photos/ --config.search.output=found/
 
-Any config field can be overridden with --config.<field>=<value>; a misspelled field is an error.
+Any config field can be overridden with --config.<field>=<value>. A misspelled field, a value of
+the wrong type or one no run can use is one line (``config error: solver.base_lrr: no such
+field; did you mean base_lr?``) and exit status 2; so is every other bad input (a missing
+dataset, a checkpoint that does not fit, a locked workdir): the message, no traceback, unless
+--verbosity=1 asks for it.
 """
 
 import logging as pylogging
@@ -23,12 +27,39 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", l
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _fail(prefix: str, message: str) -> None:
+    print(f"{prefix}: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    """absl's flag parsing; a bad ``--config.*`` override (applied while parsing) is one line."""
+    from seqnet_jax import config_checks
+
+    spec = config_checks.config_file_arg(argv)
+    if spec and not os.path.isfile(spec.partition(":")[0]):
+        _fail("config error", f"--config={spec}: no such file")
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+        config = config_checks.load_config_file(spec)  # without the overrides
+        if config is None:
+            if not isinstance(e, flags.Error):
+                raise  # an error inside the config file: its traceback is the message
+        message = config_checks.describe_override_error(argv, config, e)
+        about_config = config is not None and any(
+            message.startswith(p) for p, _ in config_checks.overrides(argv)
+        )
+        _fail("config error" if about_config or "--config" in message else "usage error", message)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from seqnet_jax import distributed, run
+    from seqnet_jax import config_checks, distributed, run
 
-    logging.set_verbosity(logging.INFO)
+    verbose = FLAGS.verbosity >= 1  # --verbosity=1: tracebacks of user errors too
+    logging.set_verbosity(logging.DEBUG if verbose else logging.INFO)
     # orbax logs every step of every save at INFO through absl; keep its warnings only.
     logging.get_absl_handler().addFilter(
         lambda r: r.levelno >= pylogging.WARNING or "orbax" not in r.pathname
@@ -42,7 +73,13 @@ def main(argv):
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(1)
+    except Exception as e:
+        if verbose or not config_checks.is_user_error(e):
+            raise
+        if isinstance(e, config_checks.ConfigError):
+            _fail("config error", str(e))
+        _fail("error", f"{e}\n(for the traceback add --verbosity=1)")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from absl import logging
 
-from seqnet_jax import distributed, model_loading
+from seqnet_jax import config_checks, distributed, model_loading
 from seqnet_jax import evaluate as eval_lib
 from seqnet_jax.data import build_dataset
 from seqnet_jax.train_lib import train as train_lib
@@ -25,7 +25,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
 def run(config, workdir: str) -> dict:
     mode = config.eval.mode
     if mode not in MODES:
-        raise ValueError(f"eval.mode must be one of {MODES}, got {mode!r}")
+        raise config_checks.ConfigError(f"eval.mode must be one of {MODES}, got {mode!r}")
+    config_checks.check_config(config)  # values no run can use: refused before any work
     distributed.initialize(config)  # several processes: join them (before any device is used)
     logging.info("JAX devices: %s", jax.devices())
     # Several processes: a failure caused by another process's death names that process.

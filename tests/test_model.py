@@ -178,7 +178,7 @@ def test_train_step_grad_norm_covers_trainable_params_only(tiny_setup):
         losses, _ = steps.compute_losses(model, variables, data, rpn, rois, rois)
         return sum(weights[k] * losses[k] for k in losses)
 
-    grads = jax.grad(total)(state.params)
+    grads = jax.jit(jax.grad(total))(state.params)  # jitted: eager op-by-op costs ~50 s
     mask = trainable_mask(grads)
     all_sq = sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads))
     train_sq = sum(
