@@ -142,15 +142,25 @@ def test_report_of_a_run_that_stopped_early():
     assert "Part f" not in text
 
 
+# The dry run in the default suite skips the float32 training part c (39 s of the 125 s on the
+# 2-core CI): d_train runs the same benchmark path in bfloat16 and f trains through the Trainer.
+# SEQNET_FULL_DRY_RUN=1 runs every part.
+DRY_RUN_PARTS = (
+    gpu_check.PART_NAMES
+    if os.environ.get("SEQNET_FULL_DRY_RUN")
+    else tuple(p for p in gpu_check.PART_NAMES if p != "c")
+)
+
+
 @pytest.mark.slow
 def test_tiny_dry_run_writes_every_part(tmp_path):
-    """The whole check on the CPU at tiny sizes, as on the device: every part runs in its own
-    process under its guard and leaves its numbers in results.json and report.md."""
+    """The check on the CPU at tiny sizes, as on the device: every part runs in its own process
+    under its guard and leaves its numbers in results.json and report.md."""
     out, work = tmp_path / "out", tmp_path / "work"
     t0 = time.perf_counter()
     proc = subprocess.run(
         ["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--tiny"]
-        + ["--out", str(out), "--work", str(work)],
+        + ["--out", str(out), "--work", str(work), "--parts", *DRY_RUN_PARTS],
         capture_output=True,
         text=True,
         timeout=900,
@@ -162,9 +172,9 @@ def test_tiny_dry_run_writes_every_part(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["tiny"] is True and res["elapsed_s"] <= wall
     parts = res["parts"]
-    assert list(parts) == list(gpu_check.PART_NAMES)
+    assert list(parts) == list(DRY_RUN_PARTS)
     assert all(p["status"] == "ok" and p["result"] for p in parts.values()), parts
-    for name in gpu_check.PART_NAMES:
+    for name in DRY_RUN_PARTS:
         assert f"===== part {name}:" in log and f"----- part {name}: ok" in log
 
     a = parts["a"]["result"]
@@ -182,6 +192,8 @@ def test_tiny_dry_run_writes_every_part(tmp_path):
         assert set(inf["throughput"]) == ({"1", "2"} if name == "b" else {"1"})
         assert r["compilations"]["by_function"]  # compile seconds per stage
     for name, dtype in (("c", "float32"), ("d_train", "bfloat16")):
+        if name not in parts:
+            continue
         r = parts[name]["result"]
         assert r["config"]["dtype"] == dtype
         tr = r["train"]
@@ -200,5 +212,5 @@ def test_tiny_dry_run_writes_every_part(tmp_path):
 
     report = (out / "report.md").read_text()
     assert "CPU dry run" in report and "Part f: 4 of 4 steps" in report
-    for name in gpu_check.PART_NAMES:
+    for name in DRY_RUN_PARTS:
         assert f"| {name}: " in report
