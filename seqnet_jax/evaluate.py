@@ -5,6 +5,7 @@ The metrics themselves are numpy code in ``seqnet_jax.evaluation`` (no jax there
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -35,6 +36,7 @@ def _loader(config, dataset, items, split):
         buckets=buckets,
         max_boxes=d.max_boxes,
         num_workers=d.num_workers,
+        skip_bad_images=bool(d.skip_bad_images),
     )
 
 
@@ -57,6 +59,7 @@ def extract_features(
     dataset: PersonSearchDataset,
     queries=None,
     need_context: bool = True,
+    failed: Optional[set] = None,
 ) -> dict:
     """Runs the model over the gallery and the queries.
 
@@ -67,6 +70,9 @@ def extract_features(
 
     With several processes each runs its contiguous share of the gallery and of the queries
     (``distributed.shard_range``) and every process returns the gathered whole, in order.
+
+    ``data.skip_bad_images``: an image that fails to decode gets no detections (its query no
+    feature); its name is added to ``failed`` (of every process), for :func:`drop_images`.
     """
     dim = inference.model.emb_dim
     n_gal = len(dataset.gallery)
@@ -76,12 +82,19 @@ def extract_features(
     mine = dist.shard_range(n_gal)  # this process's gallery images
     items = [(dataset.gallery[i].name, dataset.gallery[i]) for i in mine]
     loader = _loader(config, dataset, items, "gallery")
+    bad: set = set()  # names of the images that could not be decoded (skip_bad_images)
     for batch in progress.progress(loader, desc="gallery", unit="batch"):
         if use_gt:
             emb = inference.embed(batch, batch["boxes"], batch["box_valid"])
         else:
             dets = inference.detect(batch)
         for j, idx in enumerate(batch["index"]):
+            if batch["load_failed"][j]:
+                idx = mine[idx]
+                bad.add(dataset.gallery[idx].name)
+                gallery_dets[idx] = np.zeros((0, 5), np.float32)
+                gallery_feats[idx] = np.zeros((0, dim), np.float32)
+                continue
             if not batch["image_valid"][j]:
                 continue
             idx = mine[idx]
@@ -106,6 +119,12 @@ def extract_features(
         emb = inference.embed(batch, batch["boxes"][:, :1], batch["box_valid"][:, :1])
         ctx = inference.detect(batch, query_boxes=batch["boxes"][:, 0]) if need_context else None
         for j, idx in enumerate(batch["index"]):
+            if batch["load_failed"][j]:
+                idx = q_mine[idx]
+                bad.add(q_items[idx][0])
+                ctx_dets[idx] = np.zeros((0, 5), np.float32)
+                ctx_feats[idx] = np.zeros((0, dim), np.float32)
+                continue
             if not batch["image_valid"][j]:
                 continue
             idx = q_mine[idx]
@@ -121,6 +140,10 @@ def extract_features(
         if need_context:
             ctx_dets = dist.gather_ragged(ctx_dets[q], 5)
             ctx_feats = dist.gather_ragged(ctx_feats[q], dim)
+        parts = dist.allgather_bytes(json.dumps(sorted(bad)).encode())
+        bad = {name for part in parts for name in json.loads(part.decode())}
+    if failed is not None:
+        failed.update(bad)
     return {
         "gallery_dets": gallery_dets,
         "gallery_feats": gallery_feats,
@@ -128,6 +151,60 @@ def extract_features(
         "query_context_dets": ctx_dets if need_context else None,
         "query_context_feats": ctx_feats if need_context else None,
     }
+
+
+def drop_images(dataset: PersonSearchDataset, names) -> tuple:
+    """``(dataset, keep_gallery, keep_queries)``: ``dataset`` without the gallery images named
+    ``names`` and the queries on them, as a reader's ``skip_bad_images`` drops them at start-up:
+    their entries leave the explicit protocols (the remaining gallery indices renumbered), the
+    rule-based ones derive from the smaller gallery; ``stats`` counts them. ``keep_*``: bool
+    masks over the original ``gallery`` / ``queries``."""
+    names = set(names)
+    keep_g = np.asarray([a.name not in names for a in dataset.gallery], bool)
+    keep_q = np.asarray([q.name not in names for q in dataset.queries], bool)
+    renumber = np.cumsum(keep_g) - 1
+    stats = dict(dataset.stats)
+    dropped_entries = 0
+    protocols = []
+    for p in dataset.protocols:
+        if p.gallery_indices is None:
+            protocols.append(p)
+            continue
+        indices, gts = [], [] if p.gt_boxes is not None else None
+        for qi in np.flatnonzero(keep_q):
+            idx = np.asarray(p.gallery_indices[qi], np.int64).reshape(-1)
+            k = keep_g[idx]
+            dropped_entries += int((~k).sum())
+            indices.append(renumber[idx[k]].astype(np.int32))
+            if gts is not None:
+                gts.append(np.asarray(p.gt_boxes[qi], np.float32).reshape(-1, 4)[k])
+        protocols.append(dataclasses.replace(p, gallery_indices=indices, gt_boxes=gts))
+    stats["skipped_bad_images"] = int(stats.get("skipped_bad_images", 0)) + int((~keep_g).sum())
+    stats["bad_images"] = sorted(set(stats.get("bad_images", [])) | names)
+    stats["skipped_queries"] = int(stats.get("skipped_queries", 0)) + int((~keep_q).sum())
+    stats["dropped_protocol_entries"] = int(stats.get("dropped_protocol_entries", 0)) + (
+        dropped_entries
+    )
+    out = dataclasses.replace(
+        dataset,
+        gallery=[a for a, k in zip(dataset.gallery, keep_g) if k],
+        queries=[q for q, k in zip(dataset.queries, keep_q) if k],
+        protocols=protocols,
+        stats=stats,
+    )
+    return out, keep_g, keep_q
+
+
+def _without(feats: dict, keep_g: np.ndarray, keep_q: np.ndarray) -> dict:
+    """The features of the kept gallery images and queries (``keep_q`` over ``feats``' queries)."""
+    out = dict(feats)
+    for k in ("gallery_dets", "gallery_feats"):
+        out[k] = [x for x, keep in zip(feats[k], keep_g) if keep]
+    out["query_box_feats"] = np.asarray(feats["query_box_feats"])[keep_q]
+    for k in ("query_context_dets", "query_context_feats"):
+        if feats.get(k) is not None:
+            out[k] = [x for x, keep in zip(feats[k], keep_q) if keep]
+    return out
 
 
 def cache_key(config, checkpoint_id: str, dataset: PersonSearchDataset, nq: int) -> str:
@@ -206,22 +283,45 @@ def evaluate(
     if main:
         os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, f"features_{key}.npz")
+    logging.info(
+        "evaluating %s: %d gallery images, %d queries",
+        checkpoint_id,
+        len(dataset.gallery),
+        len(queries),
+    )
+    failed: set = set()
     if dist.broadcast_object(main and os.path.exists(path)):  # process 0 decides for all
         logging.info("re-using cached features %s", path)
         feats = _load_features(path) if main else None
     else:
         t0 = time.time()
         inference = SeqNetInference(model, variables, config.model)
-        feats = extract_features(config, inference, dataset, queries)
+        feats = extract_features(config, inference, dataset, queries, failed=failed)
         logging.info(
             "feature extraction %.1f s, %d compilations",
             time.time() - t0,
             inference.num_compilations(),
         )
-        if main:
+        if main and not failed:  # with failures the next run decodes (and drops) them again
             _save_features(path, feats)
     if not main:
         return dist.broadcast_object(None)  # process 0's results
+    if failed:
+        n_queries = len(queries)
+        dataset, keep_g, keep_q = drop_images(dataset, failed)
+        keep_q = keep_q[: len(queries)]  # the evaluated queries are a prefix of dataset.queries
+        queries = [q for q, k in zip(queries, keep_q) if k]
+        feats = _without(feats, keep_g, keep_q)
+        logging.warning(
+            "evaluation of %s without %d image(s) that could not be decoded "
+            "(data.skip_bad_images): %s; %d gallery images and %d of %d queries left",
+            checkpoint_id,
+            len(failed),
+            ", ".join(sorted(failed)),
+            len(dataset.gallery),
+            len(queries),
+            n_queries,
+        )
     t0 = time.time()
     e = config.eval
     results = evaluator.evaluate_all(
@@ -232,6 +332,8 @@ def evaluate(
         use_cbgm_variants=(False, True) if e.use_cbgm else (False,),
         queries=queries,
     )
+    if failed:
+        results["skipped_bad_images"] = sorted(failed)
     logging.info("metrics computed in %.1f s", time.time() - t0)
     out_dir = os.path.join(workdir, "eval", checkpoint_id)
     evaluator.write_results(results, out_dir)

@@ -315,3 +315,46 @@ def test_group_by_aspect_ratio_batches_same_orientation():
         h, w = batch["images"].shape[1:3]
         if len({portrait[n] for n in names}) == 1:
             assert (h > w) == portrait[names[0]] and h != w
+
+
+def test_skip_bad_images_repeats_a_good_row_in_training_and_marks_the_row_in_evaluation(caplog):
+    annotations, images = make_dataset(num_images=10)
+
+    def load(name):
+        if name == "img003.jpg":
+            raise OSError("image file is truncated (12 bytes not processed)")
+        return images[name]
+
+    loader = train_loader(annotations, images, skip_bad_images=True, flip_prob=0.0)
+    loader.load_image = load
+    with caplog.at_level(logging.WARNING):
+        batches = list(loader)
+    assert "'img003.jpg'" in caplog.text and "truncated" in caplog.text
+    assert list(loader.bad_images) == ["img003.jpg"]
+    order = loader.epoch_order(0)
+    pos = int(np.flatnonzero(order == 3)[0])
+    b, row = divmod(pos, 5)
+    src = row - 1 if row > 0 else 1  # the row before it, else the one after
+    batch = batches[b]
+    assert batch["index"][row] == batch["index"][src] == order[b * 5 + src]
+    for k in ("images", "boxes", "pids", "box_valid", "image_sizes"):
+        np.testing.assert_array_equal(batch[k][row], batch[k][src], err_msg=k)
+    # the same batches again (deterministic)
+    again = train_loader(annotations, images, skip_bad_images=True, flip_prob=0.0)
+    again.load_image = load
+    assert_batches_equal(batches, list(again))
+    # evaluation: the row is a filler that keeps its index, load_failed marks it
+    items = [(a.name, a) for a in annotations]
+    kw = dict(min_size=MIN_SIZE, max_size=MAX_SIZE, max_boxes=8, skip_bad_images=True)
+    for bs in (3, 1):  # with batch 1 no image of the batch decodes
+        ev = list(pipeline.EvalLoader(items, load, batch_size=bs, **kw))
+        flat = [
+            (int(x["index"][j]), bool(x["image_valid"][j]), bool(x["load_failed"][j]))
+            for x in ev
+            for j in range(bs)
+        ]
+        assert (3, False, True) in flat
+        assert all(valid and not failed for i, valid, failed in flat if i not in (3, -1))
+        failed_batch = ev[3 // bs]
+        assert not failed_batch["box_valid"][3 % bs].any()
+    # without skip_bad_images the error names the image (test_load_error_names_image)

@@ -20,10 +20,19 @@ key             shape / dtype           meaning
 ``image_valid`` ``(B,)`` bool           False for filler images (a short last batch)
 ``rows``        ``(B,)`` int32          training batches only: each row's position in the global
                                         batch (``TrainLoader`` with several processes)
+``load_failed`` ``(B,)`` bool           evaluation batches only: the image could not be decoded
+                                        (``skip_bad_images``); the row is a filler (``image_valid``
+                                        False) that keeps the image's ``index``
 =============== ======================= ===========================================================
 
 Filler images repeat the last real image of the batch (so every image has a sane size) with
 ``image_valid = False``, ``index = -1`` and no valid boxes.
+
+An image that fails to decode while loading (a truncated JPEG passes the start-up header check)
+raises naming the file, unless the loader was built with ``skip_bad_images=True``: then it is
+logged once naming the file and counted in ``bad_images``; a training batch repeats the nearest
+good image of the same batch (the one before it, else the one after) in its row, an evaluation
+batch holds a filler row with ``load_failed`` True (the caller drops the image).
 
 With several processes (``TrainLoader(process_index=, process_count=)``) ``B`` is the process's
 share of the global batch: its rows ``rows`` of it, padded into the bucket the whole global batch
@@ -247,6 +256,9 @@ class _ImageJob:
         try:
             image = owner.load_image(self.name)
         except Exception as e:  # noqa: BLE001 - re-raised with the image name
+            if owner.skip_bad_images:
+                owner._count_bad_image(self.name, e)
+                return None  # the batch is assembled without it (see the module docstring)
             raise RuntimeError(f"could not load image {self.name!r}: {e}") from e
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3:
@@ -285,6 +297,7 @@ class _LoaderBase:
         num_workers: int,
         prefetch: Optional[int],
         compact_boxes: bool,
+        skip_bad_images: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -306,8 +319,19 @@ class _LoaderBase:
             else max(2, math.ceil(2 * self.num_workers / self.batch_size))
         )
         self.compact_boxes = compact_boxes
+        self.skip_bad_images = bool(skip_bad_images)
         self._lock = threading.Lock()
         self.num_dropped_boxes = 0
+        self.bad_images: dict = {}  # name -> error, images that failed to decode (skipped)
+
+    def _count_bad_image(self, name: str, error: Exception) -> None:
+        with self._lock:
+            first = name not in self.bad_images
+            self.bad_images[name] = f"{type(error).__name__}: {error}"
+        if first:
+            logger.warning(
+                "could not load image %r (%s): skipped (data.skip_bad_images)", name, error
+            )
 
     def _count_dropped(self, name: str, n: int) -> None:
         with self._lock:
@@ -359,24 +383,54 @@ class _LoaderBase:
             return None  # collate raises with the decoded sizes
         return np.zeros((self.local_batch_size, hb, wb, 3), np.float32)
 
+    def _fill_failed(self, examples: list, jobs: list) -> tuple[list, list, list]:
+        """``(examples, indices, failed)`` with every image that failed to decode (``None``,
+        ``skip_bad_images``) replaced: by default by the nearest good image of the batch (the
+        one before it, else the one after; its index too). ``failed``: the rows replaced."""
+        indices = [j.index for j in jobs]
+        failed = [i for i, ex in enumerate(examples) if ex is None]
+        if not failed:
+            return examples, indices, failed
+        examples, indices = list(examples), list(indices)
+        good = [i for i, ex in enumerate(examples) if ex is not None]
+        if not good:
+            examples[0] = self._stand_in(jobs)
+            good = [0]
+        for i in failed:
+            before = [g for g in good if g < i]
+            src = before[-1] if before else good[0]
+            examples[i], indices[i] = examples[src], indices[src]
+        return examples, indices, failed
+
     def _assemble(self, jobs: list[_ImageJob], futures: list, canvas) -> Batch:
-        examples = [f.result() for f in futures]
+        examples, indices, failed = self._fill_failed([f.result() for f in futures], jobs)
         batch = collate(
             examples,
             batch_size=self.local_batch_size,
             buckets=self.buckets,
             max_boxes=self.max_boxes,
-            indices=[j.index for j in jobs],
+            indices=indices,
             compact_boxes=self.compact_boxes,
             names=[j.name for j in jobs],
             canvas=canvas,
             bucket_sizes=getattr(jobs, "bucket_sizes", ()),
         )
+        self._mark_failed(batch, jobs, failed)
         if isinstance(jobs, _BatchJobs):
             batch["rows"] = np.arange(
                 jobs.first_row, jobs.first_row + self.local_batch_size, dtype=np.int32
             )
         return batch
+
+    def _stand_in(self, jobs: list) -> dict:
+        """The example in the place of a batch none of whose images could be decoded."""
+        raise RuntimeError(
+            "could not load any image of a batch: "
+            + ", ".join(f"{j.name!r} ({self.bad_images.get(j.name)})" for j in jobs)
+        )
+
+    def _mark_failed(self, batch: Batch, jobs: list, failed: list) -> None:
+        """Training: nothing (a failed row repeats another image of the batch)."""
 
     def _run(self, batches: Iterator[list[_ImageJob]]) -> Iterator[Batch]:
         """Yields assembled batches in order; images of ``prefetch`` batches are in flight."""
@@ -459,6 +513,7 @@ class TrainLoader(_LoaderBase):
         group_by_aspect_ratio: bool = False,
         process_index: int = 0,
         process_count: int = 1,
+        skip_bad_images: bool = False,
     ):
         super().__init__(
             load_image,
@@ -470,6 +525,7 @@ class TrainLoader(_LoaderBase):
             num_workers,
             prefetch,
             compact_boxes=True,
+            skip_bad_images=skip_bad_images,
         )
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
@@ -627,6 +683,7 @@ class EvalLoader(_LoaderBase):
         max_boxes: int = 64,
         num_workers: int = 2,
         prefetch: Optional[int] = None,
+        skip_bad_images: bool = False,
     ):
         super().__init__(
             load_image,
@@ -638,10 +695,33 @@ class EvalLoader(_LoaderBase):
             num_workers,
             prefetch,
             compact_boxes=False,
+            skip_bad_images=skip_bad_images,
         )
         self.items = [(str(name), ann) for name, ann in items]
         for name, ann in self.items:
             self._check_box_count(name, ann)
+
+    def _stand_in(self, jobs: list) -> dict:
+        """A black image of the first image's annotated size (else ``min_size`` square): the
+        batch's rows are all fillers then."""
+        ann = jobs[0].ann
+        known = ann is not None and ann.height > 0 and ann.width > 0
+        h, w = (ann.height, ann.width) if known else (self.min_size, self.min_size)
+        return process_image(
+            np.zeros((h, w, 3), np.uint8), min_size=self.min_size, max_size=self.max_size
+        )
+
+    def _mark_failed(self, batch: Batch, jobs: list, failed: list) -> None:
+        """A row whose image failed to decode is a filler that keeps its ``index``, with
+        ``load_failed`` True."""
+        batch["load_failed"] = np.zeros((self.local_batch_size,), bool)
+        for i in failed:
+            batch["index"][i] = jobs[i].index
+            batch["image_valid"][i] = False
+            batch["load_failed"][i] = True
+            batch["boxes"][i] = 0.0
+            batch["pids"][i] = 0
+            batch["box_valid"][i] = False
 
     @property
     def num_batches(self) -> int:
