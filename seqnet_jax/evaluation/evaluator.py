@@ -296,7 +296,9 @@ def _plot(rows: list, path: str, title: str = "") -> Optional[str]:
 
 
 def write_results(results: dict, out_dir: str) -> dict:
-    """Writes ``results.json``, ``per_query_top10.json`` and the mAP-vs-gallery-size PNG.
+    """Writes ``per_query_top10.json``, the mAP-vs-gallery-size PNG and ``results.json``, the
+    last (each file written whole, then renamed): ``results.json`` exists only once every
+    output is complete (training's rerun evaluates again when it is missing).
 
     Returns:
       ``{"results", "per_query", "plot"}`` paths (``plot`` is ``None`` when skipped).
@@ -309,10 +311,16 @@ def write_results(results: dict, out_dir: str) -> dict:
         "results": os.path.join(out_dir, RESULTS_FILE),
         "per_query": os.path.join(out_dir, PER_QUERY_FILE),
     }
-    with open(paths["results"], "w") as f:
-        json.dump(summary, f, indent=2)
     per_query = {variant_name(r): r["per_query"] for r in rows if "per_query" in r}
-    with open(paths["per_query"], "w") as f:
-        f.write(json.dumps(per_query, separators=(",", ":")))  # C encoder: much faster than dump
+    # C encoder: much faster than dump
+    _write_whole(paths["per_query"], json.dumps(per_query, separators=(",", ":")))
     paths["plot"] = _plot(rows, os.path.join(out_dir, PLOT_FILE), str(results.get("dataset", "")))
+    _write_whole(paths["results"], json.dumps(summary, indent=2))
     return paths
+
+
+def _write_whole(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -6,8 +6,10 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +33,12 @@ from seqnet_jax.train_lib.train_state import TrainState
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN/inf; the message names it."""
+    """A loss term (or, at a save, a parameter) became NaN/inf; the message names it and the
+    checkpoint a rerun resumes from."""
+
+
+# A parameter beyond this magnitude counts as diverged (as NaN/inf) when a checkpoint is saved.
+PARAM_LIMIT = 1e6
 
 
 def buckets_from_config(data_cfg):
@@ -239,14 +246,84 @@ def device_targets(samples: dict) -> dict:
     return {k: samples[k] for k in ("boxes", "pids", "targets", "valid")}
 
 
-def check_finite(metrics: dict, step: int) -> None:
+def check_finite(metrics: dict, step: int, kept: Optional[Callable[[], str]] = None) -> None:
+    """``NonFiniteLossError`` naming the first NaN/inf loss term; ``kept()`` (called only then)
+    says which checkpoint a rerun resumes from."""
     for k in LOSS_NAMES + ("loss",):
         v = float(metrics[k])
         if not math.isfinite(v):
+            note = kept() if kept is not None else "the last checkpoint is intact"
             raise NonFiniteLossError(
-                f"non-finite {k} = {v} at step {step}; training stopped, the last checkpoint is "
-                f"intact (losses: { {n: float(metrics[n]) for n in LOSS_NAMES} })"
+                f"non-finite {k} = {v} at step {step} (losses: "
+                f"{ {n: float(metrics[n]) for n in LOSS_NAMES} }); training stopped without "
+                f"saving this state. {note}"
             )
+
+
+@jax.jit
+def _params_within_limit(params):
+    """Per parameter array (in ``tree_leaves`` order): every value finite and ``<= PARAM_LIMIT``
+    in magnitude."""
+    leaves = jax.tree.leaves(params)
+    return jnp.stack([jnp.all(jnp.isfinite(x) & (jnp.abs(x) <= PARAM_LIMIT)) for x in leaves])
+
+
+def diverged_params(params, limit: int = 3) -> list:
+    """Names (``a/b/kernel``) of up to ``limit`` parameter arrays holding NaN, inf or values
+    beyond :data:`PARAM_LIMIT`; empty when every one is sane."""
+    ok = _params_within_limit(params)
+    ok = np.asarray(ok.addressable_data(0) if hasattr(ok, "addressable_data") else ok)
+    if ok.all():
+        return []
+    paths = [p for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    names = ["/".join(str(getattr(k, "key", k)) for k in paths[i]) for i in np.flatnonzero(~ok)]
+    return names[:limit] + ([f"... ({len(names)} arrays)"] if len(names) > limit else [])
+
+
+class DeferInterrupt:
+    """``with DeferInterrupt(enabled):`` a Ctrl-C (SIGINT) inside the block is held: it only sets
+    :attr:`pending`, and :meth:`raise_pending` (called where stopping is safe, e.g. once the
+    step is logged) raises it as ``KeyboardInterrupt`` through the handler installed before. A
+    training step donates its input state, so a step stopped half way leaves no consistent state
+    to save; a checkpoint save stopped half way leaves a partial folder. A second Ctrl-C inside
+    the block raises at once. Only in the main thread, only when ``enabled`` (one process:
+    several are stopped by the launcher's SIGINT at once)."""
+
+    def __init__(self, enabled: bool = True, what: str = "the current step"):
+        self.enabled, self.what = enabled, what
+        self.pending = False
+        self._previous = None
+        self._handler = None  # the handler raise_pending calls
+
+    def __enter__(self) -> "DeferInterrupt":
+        self._previous = None
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if callable(previous):  # not SIG_IGN / SIG_DFL / set outside Python
+                self._previous = self._handler = previous
+                signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.pending:  # a second Ctrl-C: stop at once
+            self._previous(signum, frame)
+            return
+        self.pending = True
+        logging.warning(
+            "Ctrl-C: stopping once %s is done (press Ctrl-C again to stop at once)", self.what
+        )
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        return False
+
+    def raise_pending(self) -> None:
+        """A held Ctrl-C now: the handler's ``KeyboardInterrupt`` (the default handler's)."""
+        if self.pending:
+            self.pending = False
+            (self._handler or signal.default_int_handler)(signal.SIGINT, None)
 
 
 # The metrics averaged over the steps between two log lines (clu.metrics; computed on the host
@@ -362,7 +439,14 @@ def write_config(workdir: str, config) -> None:
 
 def train_and_evaluate(config, workdir: str) -> dict:
     """Train per ``config`` (resuming from the latest checkpoint in ``workdir``), evaluating every
-    ``eval.period`` epochs and after the last. Returns the last evaluation results (or {})."""
+    ``eval.period`` epochs and after the last. Returns the last evaluation results (or {}).
+
+    Stops (README "Interrupting and resuming"): Ctrl-C lets the current step finish and saves it
+    (one process); any other exception saves the last completed step when it can, then
+    re-raises; a non-finite loss or a save of diverged parameters raises
+    ``NonFiniteLossError`` naming the checkpoint kept. A resumed run first runs an evaluation
+    that is due at its step but has no ``results.json`` (e.g. it was interrupted); a finished
+    run says so."""
     from seqnet_jax import evaluate as eval_lib
 
     os.makedirs(workdir, exist_ok=True)
@@ -385,6 +469,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         group_by_aspect_ratio=d.group_by_aspect_ratio,
         process_index=jax.process_index(),  # each process loads its rows of every batch
         process_count=jax.process_count(),
+        skip_bad_images=bool(d.skip_bad_images),
     )
     spe = loader.num_batches_per_epoch
     mesh = make_mesh()
@@ -423,31 +508,168 @@ def train_and_evaluate(config, workdir: str) -> dict:
     )
     write_parameter_overview(workdir, state.params)
     results: dict = {}
+    single = jax.process_count() == 1
+    # The loader position after the last completed (trained) step: the loader has already moved
+    # on while a step is trained, so a checkpoint must not take loader.state_dict() then.
+    done_loader = loader.state_dict()
+    evaluating: Optional[int] = None  # the step whose evaluation is running
 
     def save(step):
         if ckpt.latest_step() == step:  # e.g. checkpoint_every_steps hit the epoch's end
             return
-        ckpt.save(
-            step, state, {"loader": loader.state_dict(), "step": int(step), "num_pids": num_pids}
-        )
+        bad = diverged_params(state.params)
+        if bad:  # a checkpoint is what a rerun resumes from: never one of a diverged state
+            raise NonFiniteLossError(
+                f"parameters with NaN/inf or |x| > {PARAM_LIMIT:g} at step {step} "
+                f"({', '.join(bad)}): not saved, training stopped. {kept_checkpoint()}"
+            )
+        ckpt.save(step, state, {"loader": done_loader, "step": int(step), "num_pids": num_pids})
         logging.info("saved checkpoint at step %d", step)
+
+    def kept_checkpoint() -> str:
+        """Which checkpoint a rerun resumes from, its parameters checked."""
+        saved = sorted(ckpt.all_steps(), reverse=True)
+        if not saved:
+            return "No checkpoint was saved: a rerun starts from scratch."
+        target = abstract_train_state(config, model)
+        diverged, good = [], None
+        for s in saved:
+            bad = diverged_params(ckpt.restore(target, s)[0].params)
+            if not bad:
+                good = s
+                break
+            diverged.append(f"{s} ({', '.join(bad)})")
+        if not diverged:
+            return (
+                f"The last checkpoint, step {good} ({ckpt.step_directory(good)}), has finite "
+                "parameters: a rerun resumes from it (e.g. with a lower solver.base_lr)."
+            )
+        left = (
+            f"step {good} is the last one with finite parameters"
+            if good is not None
+            else "no checkpoint has finite ones: delete the folder to start from scratch"
+        )
+        return (
+            f"The checkpoint(s) of step {'; '.join(diverged)} already hold diverged parameters "
+            f"(NaN/inf or |x| > {PARAM_LIMIT:g}), and a rerun would resume from them: delete "
+            f"them from {ckpt.directory} ({left})."
+        )
+
+    def eval_due(step: int) -> bool:
+        """Whether train_and_eval evaluates after ``step`` (the last, or per eval.period)."""
+        if config.eval.mode != "train_and_eval" or step <= 0:
+            return False
+        period = config.eval.period
+        return step >= total_steps or (
+            step % spe == 0 and period > 0 and (step // spe) % period == 0
+        )
+
+    def run_eval(step: int) -> dict:
+        nonlocal evaluating
+        evaluating = step
+        out = eval_lib.evaluate(
+            config,
+            workdir,
+            model,
+            state.variables,
+            dataset,
+            checkpoint_id=f"step{step}",
+            writer=writer,
+            step=step,
+        )
+        evaluating = None
+        return out
+
+    def eval_results_file(step: int) -> str:
+        from seqnet_jax.evaluation.evaluator import RESULTS_FILE
+
+        return os.path.join(workdir, "eval", f"step{step}", RESULTS_FILE)
+
+    def resume_point() -> str:
+        latest = ckpt.latest_step()
+        return "the start (no checkpoint)" if latest is None else f"step {latest}"
+
+    def stop_save(why: str) -> None:
+        """After an interrupt or a crash: a checkpoint of the last completed step, if it can."""
+        if evaluating is not None:
+            logging.warning(
+                "%s during the evaluation of step %d: its checkpoint is saved, the evaluation "
+                "is not; rerun the same command to run it",
+                why,
+                evaluating,
+            )
+            return
+        if ckpt.latest_step() == step or step == 0:
+            logging.warning(
+                "%s after step %d: %s; rerun the same command to resume",
+                why,
+                step,
+                "nothing was trained yet" if step == 0 else "its checkpoint is saved",
+            )
+            return
+        if any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state)):
+            logging.error(
+                "%s while step %d was being trained: its input state is gone (donated), so no "
+                "checkpoint can be saved; a rerun resumes from %s",
+                why,
+                step + 1,
+                resume_point(),
+            )
+            return
+        logging.warning("%s: saving a checkpoint of step %d, the last completed step", why, step)
+        try:
+            save(step)
+        except Exception as e:  # noqa: BLE001 - the original error is re-raised
+            logging.error(
+                "could not save a checkpoint of step %d (%s: %s); a rerun resumes from %s",
+                step,
+                type(e).__name__,
+                e,
+                resume_point(),
+            )
+            return
+        logging.warning("saved step %d: rerun the same command to resume from it", step)
 
     step = int(state.step)
     bar = progress_lib.progress(
         desc="train", total=total_steps, initial=step, unit="step", log_lines=False
     )  # in logs its rate and ETA are the metric line's
     window = MetricWindow()
+    in_step = DeferInterrupt(single, "the current step")
+    in_save = DeferInterrupt(single, "the checkpoint being saved")
     try:
+        if eval_due(step) and not os.path.exists(eval_results_file(step)):
+            # e.g. interrupted or killed during this evaluation
+            logging.warning("step %d has no evaluation results yet: evaluating it now", step)
+            results = run_eval(step)
+        if step >= total_steps:
+            where = (
+                f"; results in {os.path.dirname(eval_results_file(step))}"
+                if os.path.exists(eval_results_file(step))
+                else ""
+            )
+            logging.warning(
+                "the run is already complete: step %d of %d (checkpoint %s)%s. Raise "
+                "solver.max_steps / solver.max_epochs to train further, or use "
+                "--config.eval.mode=eval to evaluate again",
+                step,
+                total_steps,
+                ckpt.step_directory(step),
+                where,
+            )
         while step < total_steps:
             epoch = loader.epoch
             for batch in loader:
+                batch_done = loader.state_dict()  # where a resume after this batch starts
                 check_pids(batch, num_pids, "in a training batch")
-                state, metrics = trainer.iteration(state, batch)
-                step += 1
-                check_finite(metrics, step)
+                with in_step:  # a Ctrl-C now stops after the step (its input state is donated)
+                    new_state, metrics = trainer.iteration(state, batch)
+                    check_finite(metrics, step + 1, kept_checkpoint)
+                    state, step, done_loader = new_state, step + 1, batch_done
                 bar.update(1)
                 window.add(metrics)
-                if step % config.log_every == 0 or step == total_steps:
+                stopping = in_step.pending  # log what the window holds before stopping
+                if step % config.log_every == 0 or step == total_steps or stopping:
                     rate = progress_lib.rate(bar)  # steps/s since the start of this run
                     eta = (total_steps - step) / rate if rate > 0 else math.inf
                     logs = window.pop()  # means over the steps since the last line
@@ -470,33 +692,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         logs["compilations"],
                     )
                 if config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0:
-                    save(step)
+                    with in_save:
+                        save(step)
+                in_step.raise_pending()
+                in_save.raise_pending()
                 if step >= total_steps:
                     break
             epoch_done = loader.epoch > epoch or step >= total_steps
             if epoch_done:
-                save(step)
-                last = step >= total_steps
-                period = config.eval.period
-                if config.eval.mode == "train_and_eval" and (
-                    last or (period > 0 and (epoch + 1) % period == 0)
-                ):
-                    results = eval_lib.evaluate(
-                        config,
-                        workdir,
-                        model,
-                        state.variables,
-                        dataset,
-                        checkpoint_id=f"step{step}",
-                        writer=writer,
-                        step=step,
-                    )
+                with in_save:
+                    save(step)
+                in_save.raise_pending()
+                if eval_due(step):
+                    results = run_eval(step)
     except KeyboardInterrupt:
-        if jax.process_count() > 1:  # the processes may stop at different steps: no save
+        if not single:  # the processes may stop at different steps: no save
             logging.warning("interrupted at step %d: resume from the last checkpoint", step)
             raise
-        logging.warning("interrupted: saving a checkpoint at step %d", step)
-        save(step)
+        stop_save("interrupted (Ctrl-C)")
+        raise
+    except NonFiniteLossError:
+        raise  # nothing of a diverged state is saved; the message names the kept checkpoint
+    except Exception as e:
+        if single:  # several processes: the others may be gone (a save waits for all)
+            stop_save(f"stopped by {type(e).__name__}")
         raise
     finally:
         bar.close()
