@@ -27,9 +27,9 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", l
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _fail(prefix: str, message: str) -> None:
+def _fail(prefix: str, message: str, status: int = 2) -> None:
     print(f"{prefix}: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def parse_flags(argv):
@@ -57,6 +57,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from seqnet_jax import config_checks, distributed, run
+    from seqnet_jax.train_lib import train as train_lib
 
     verbose = FLAGS.verbosity >= 1  # --verbosity=1: tracebacks of user errors too
     logging.set_verbosity(logging.DEBUG if verbose else logging.INFO)
@@ -73,6 +74,16 @@ def main(argv):
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(1)
+    except KeyboardInterrupt:
+        if verbose:
+            raise
+        # train.py has logged what was saved; a traceback adds nothing. 130 = 128 + SIGINT.
+        print("interrupted (Ctrl-C): rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    except train_lib.NonFiniteLossError as e:
+        if verbose:
+            raise
+        _fail("error", str(e), status=1)  # the message names the loss and the checkpoint kept
     except Exception as e:
         if verbose or not config_checks.is_user_error(e):
             raise
