@@ -16,14 +16,6 @@ def pytest_configure(config):
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-        # The tiny test models spend far longer in XLA's optimizing compiler than running: its
-        # cheap mode (as the GPU check's dry run uses) took a cold run of test_model,
-        # test_padding and test_train from 300 s to 195 s on the 2-core CI, same results. The
-        # environment variable reaches the tests' subprocesses (main.py, workers, launcher).
-        # SEQNET_TEST_XLA_OPTIMIZE=1 tests with the optimizing compiler the real runs use.
-        if not os.environ.get("SEQNET_TEST_XLA_OPTIMIZE"):
-            os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
-            jax.config.update("jax_disable_most_optimizations", True)
     except Exception:  # pragma: no cover - jax missing or option renamed: just slower
         pass
 
