@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import os
 from typing import List, Optional, Tuple
 
 import ml_collections
@@ -153,9 +154,16 @@ def check_config(config) -> None:
                 raise ConfigError(
                     f"solver.lr_decay_milestones={tuple(ms)!r}: every entry must be an epoch >= 1"
                 )
-        for name in ("rpn_reg", "rpn_cls", "proposal_reg", "proposal_cls", "box_reg", "box_cls"):
+        for name in (
+            "rpn_reg",
+            "rpn_cls",
+            "proposal_reg",
+            "proposal_cls",
+            "box_reg",
+            "box_cls",
+            "box_reid",
+        ):
             _number(config, f"solver.lw_{name}", lo=0)
-        _number(config, "solver.lw_box_reid", lo=0)
         _number(config, "data.batch_size", lo=1, integer=True)
         _number(config, "log_every", lo=1, integer=True)
         _number(config, "checkpoint_every_steps", lo=0, integer=True)
@@ -193,8 +201,6 @@ def _user_error_classes() -> tuple:
 def _raised_here(exc: BaseException) -> bool:
     """Raised by a deliberate check of ours (the innermost frame is in seqnet_jax/ or configs/),
     not by a library."""
-    import os
-
     import seqnet_jax
 
     tb = exc.__traceback__

@@ -24,6 +24,7 @@ from seqnet_jax.data.types import ImageAnnotation, PersonSearchDataset, SearchPr
 from seqnet_jax.evaluation.deprecation import renamed_arguments
 from seqnet_jax.evaluation.detection import eval_detection
 from seqnet_jax.evaluation.search import SearchConfig, SearchEvaluator
+from seqnet_jax.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -313,14 +314,7 @@ def write_results(results: dict, out_dir: str) -> dict:
     }
     per_query = {variant_name(r): r["per_query"] for r in rows if "per_query" in r}
     # C encoder: much faster than dump
-    _write_whole(paths["per_query"], json.dumps(per_query, separators=(",", ":")))
+    write_text_atomic(paths["per_query"], json.dumps(per_query, separators=(",", ":")))
     paths["plot"] = _plot(rows, os.path.join(out_dir, PLOT_FILE), str(results.get("dataset", "")))
-    _write_whole(paths["results"], json.dumps(summary, indent=2))
+    write_text_atomic(paths["results"], json.dumps(summary, indent=2))
     return paths
-
-
-def _write_whole(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

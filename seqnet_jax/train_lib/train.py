@@ -24,6 +24,7 @@ from seqnet_jax import checkpoints as ckpt_lib
 from seqnet_jax import progress as progress_lib
 from seqnet_jax.data import build_dataset, transforms
 from seqnet_jax.data.pipeline import TrainLoader
+from seqnet_jax.fileio import write_text_atomic
 from seqnet_jax.modeling import seqnet
 from seqnet_jax.modeling.losses import LOSS_NAMES
 from seqnet_jax.train_lib import steps
@@ -431,10 +432,7 @@ def write_config(workdir: str, config) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(os.path.getmtime(path)))
         with open(os.path.join(hist, f"{stamp}.json"), "w") as f:
             f.write(old)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
